@@ -1,0 +1,3 @@
+from tensorfeed_mcp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""AccountService: the answers the tools give, built from client snapshots. Nothing here knows about MCP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from tensorfeed_mcp.alerts import AccountSnapshot, evaluate_rules, make_rule, spend_figures
+from tensorfeed_mcp.client import Fetched, TensorFeedClient
+from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint
+from tensorfeed_mcp.errors import InvalidInputError, UpstreamError
+from tensorfeed_mcp.models import (
+    AccountBalance,
+    AccountUsage,
+    AlertCheck,
+    AlertRule,
+    AlertRuleDeleted,
+    AlertRuleSaved,
+    EndpointUsage,
+    PaymentHistory,
+    Purchase,
+    SpendCap,
+    SpendCapChange,
+    SpendCapPayload,
+    UsageCall,
+    UsdEstimate,
+)
+from tensorfeed_mcp.store import AlertStore
+
+USD_PER_CREDIT = 0.02  # the base rate, 50 credits per dollar; volume purchases get more credits per dollar
+
+
+class AccountService:
+    """One token's account: reads, the spend cap, and alert rules with their verdicts."""
+
+    def __init__(self, settings: Settings, client: TensorFeedClient) -> None:
+        self._settings = settings
+        self._client = client
+        self._env_rules = list(settings.env_alert_rules)
+        self._store = AlertStore(settings.resolved_state_dir() / "alerts.sqlite3")
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[AccountService]:
+        """An AccountService with its HTTP client, closed on exit."""
+        async with TensorFeedClient(settings) as client:
+            yield cls(settings, client)
+
+    def _stamp(self, fetched: Fetched[Any]) -> dict[str, Any]:
+        return {
+            "as_of": fetched.as_of,
+            "age_seconds": fetched.age_seconds,
+            "token": mask_token(self._settings.require_token()),
+        }
+
+    async def usage(self, endpoint: str | None = None) -> AccountUsage:
+        fetched = await self._client.usage()
+        usage = fetched.data
+        needle = endpoint.strip().lower() if endpoint and endpoint.strip() else None
+        aggregates = {name: agg for name, agg in usage.by_endpoint.items() if needle is None or needle in name.lower()}
+        recent = [call for call in usage.recent if needle is None or needle in call.endpoint.lower()]
+        total_credits = sum(agg.credits for agg in aggregates.values()) if needle else usage.total_credits_spent
+        by_endpoint = sorted(
+            (
+                EndpointUsage(
+                    endpoint=name,
+                    calls=agg.calls,
+                    credits=agg.credits,
+                    share_pct=round(100 * agg.credits / total_credits, 1) if total_credits else 0.0,
+                    last_seen=agg.last_seen,
+                )
+                for name, agg in aggregates.items()
+            ),
+            key=lambda row: (-row.credits, -row.calls, row.endpoint),
+        )
+        return AccountUsage(
+            **self._stamp(fetched),
+            token_balance=usage.token_balance,
+            total_calls=sum(agg.calls for agg in aggregates.values()) if needle else usage.total_calls,
+            total_credits_spent=total_credits,
+            by_endpoint=by_endpoint,
+            recent=[UsageCall(endpoint=c.endpoint, credits=c.credits, at=c.at) for c in recent],
+            window_start=min((c.at for c in usage.recent), default=None),
+            window_end=max((c.at for c in usage.recent), default=None),
+            buffer_full=usage.total_calls >= 100,
+            endpoint_filter=needle,
+        )
+
+    async def balance(self) -> AccountBalance:
+        fetched = await self._client.balance()
+        data = fetched.data
+        return AccountBalance(
+            **self._stamp(fetched),
+            balance=data.balance,
+            total_purchased=data.total_purchased,
+            spent_lifetime=data.total_purchased - data.balance,
+            created=data.created,
+            last_used=data.last_used,
+            usd_estimate=UsdEstimate(
+                amount_usd=round(data.balance * USD_PER_CREDIT, 2),
+                usd_per_credit=USD_PER_CREDIT,
+                note="Estimate at the base rate of 50 credits per US dollar; credits bought in volume cost less.",
+            ),
+        )
+
+    async def history(self) -> PaymentHistory:
+        fetched = await self._client.history()
+        data = fetched.data
+        return PaymentHistory(
+            **self._stamp(fetched),
+            purchases=[Purchase(**purchase.model_dump()) for purchase in data.purchases],
+            purchase_count=data.purchase_count,
+            total_purchased_usd=data.total_purchased_usd,
+            total_credits_added=data.total_credits_added,
+            current_balance=data.current_balance,
+        )
+
+    def _spend_cap(self, fetched: Fetched[SpendCapPayload]) -> dict[str, Any]:
+        return {**self._stamp(fetched), **fetched.data.model_dump()}
+
+    async def spend_cap(self) -> SpendCap:
+        return SpendCap(**self._spend_cap(await self._client.spend_cap()))
+
+    async def set_spend_cap(self, daily_cap: int | None) -> SpendCapChange:
+        previous = await self._client.spend_cap()
+        changed = await self._client.set_spend_cap(daily_cap)
+        return SpendCapChange(**self._spend_cap(changed), previous_cap=previous.data.daily_cap)
+
+    async def rules(self) -> list[AlertRule]:
+        """Environment rules first, then the user's saved rules."""
+        fingerprint = token_fingerprint(self._settings.require_token())
+        saved = await anyio.to_thread.run_sync(self._store.list_rules, fingerprint)
+        return [*self._env_rules, *saved]
+
+    async def set_alert(self, kind: str, threshold: float, name: str | None) -> AlertRuleSaved:
+        rule = make_rule(kind, threshold, name)
+        fingerprint = token_fingerprint(self._settings.require_token())
+        action = await anyio.to_thread.run_sync(self._store.save_rule, fingerprint, rule)
+        return AlertRuleSaved(rule=rule, action=action, rules=await self.rules())
+
+    async def delete_alert(self, name: str) -> AlertRuleDeleted:
+        fingerprint = token_fingerprint(self._settings.require_token())
+        if any(rule.name == name for rule in self._env_rules):
+            raise InvalidInputError(
+                f"{name!r} comes from the environment (TENSORFEED_ALERT_*); remove the variable to remove it."
+            )
+        if not await anyio.to_thread.run_sync(self._store.delete_rule, fingerprint, name):
+            names = ", ".join(rule.name for rule in await self.rules()) or "none"
+            raise InvalidInputError(f"No alert named {name!r}. Rules in force: {names}.")
+        return AlertRuleDeleted(deleted=name, rules=await self.rules())
+
+    async def check_alerts(self) -> AlertCheck:
+        """Fetch balance, usage and spend cap concurrently and evaluate every rule against them.
+
+        A part that fails to load makes the rules that need it `unknown`; if all three fail, the error is raised.
+        """
+        fingerprint = token_fingerprint(self._settings.require_token())
+        rules = await self.rules()
+        results: dict[str, Fetched[Any] | UpstreamError] = {}
+
+        async def fetch(name: str, read: Callable[[], Awaitable[Fetched[Any]]]) -> None:
+            try:
+                results[name] = await read()
+            except UpstreamError as exc:
+                results[name] = exc
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(fetch, "balance", self._client.balance)
+            group.start_soon(fetch, "usage", self._client.usage)
+            group.start_soon(fetch, "spend_cap", self._client.spend_cap)
+        fetched = {name: value for name, value in results.items() if isinstance(value, Fetched)}
+        if not fetched:
+            raise results["balance"]  # type: ignore[misc]
+
+        snapshot = AccountSnapshot(
+            now=max(value.as_of for value in fetched.values()),
+            balance=fetched["balance"].data.balance if "balance" in fetched else None,
+            usage=fetched["usage"].data if "usage" in fetched else None,
+            spend_cap=fetched["spend_cap"].data if "spend_cap" in fetched else None,
+        )
+        figures = spend_figures(snapshot)
+        verdicts = evaluate_rules(rules, snapshot, figures)
+        since = await anyio.to_thread.run_sync(
+            self._store.record_statuses, fingerprint, {v.name: v.status for v in verdicts}, snapshot.now
+        )
+        oldest = min(fetched.values(), key=lambda value: value.as_of)
+        return AlertCheck(
+            **self._stamp(oldest),
+            alerts=[verdict.model_copy(update={"since": since.get(verdict.name)}) for verdict in verdicts],
+            triggered=sum(verdict.status == "triggered" for verdict in verdicts),
+            balance=snapshot.balance,
+            daily_spent=figures.daily_spent,
+            daily_spent_source=figures.daily_spent_source,
+            daily_spent_complete=figures.daily_spent_complete,
+            burn_rate_credits_per_hour=figures.burn_rate_credits_per_hour,
+            burn_rate_lookback_hours=figures.burn_rate_lookback_hours,
+            runway_hours=figures.runway_hours,
+        )

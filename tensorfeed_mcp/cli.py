@@ -1,0 +1,123 @@
+"""The tensorfeed-mcp command: serve (the default, over stdio), check, sandbox, demo.
+
+Logs go to stderr only: over stdio, stdout belongs to the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import cast
+
+import anyio
+
+from tensorfeed_mcp import __version__
+from tensorfeed_mcp.config import Settings, load_settings
+from tensorfeed_mcp.errors import ConfigurationError, TensorFeedError
+
+EXIT_OK, EXIT_TRIGGERED, EXIT_CANNOT_RUN = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tensorfeed-mcp",
+        description="MCP server for a TensorFeed API account. With no command it serves over stdio.",
+        epilog="The token comes from TENSORFEED_TOKEN; see the README for every environment variable.",
+    )
+    parser.add_argument("--version", action="version", version=f"tensorfeed-mcp {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve MCP (stdio, streamable HTTP or legacy SSE)")
+    serve.add_argument("--transport", choices=["stdio", "streamable-http", "sse"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
+    serve.add_argument(
+        "--auth-token-file",
+        type=Path,
+        help="file holding the bearer secret HTTP clients must send (instead of TENSORFEED_MCP_AUTH_TOKEN)",
+    )
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another Host name clients may use to reach this server (repeatable); loopback names always work",
+    )
+
+    check = commands.add_parser(
+        "check", help="evaluate the alert rules once; exit 0 ok, 1 triggered, 2 could not check"
+    )
+    check.add_argument("--json", action="store_true", help="print the full result as JSON instead of a table")
+
+    sandbox = commands.add_parser("sandbox", help="run the local stand-in for the TensorFeed API with demo accounts")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
+
+    commands.add_parser("demo", help="run the whole thing end to end against a local sandbox")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command = args.command or "serve"
+    try:
+        if command == "sandbox":
+            from tensorfeed_mcp.sandbox import serve as serve_sandbox
+
+            serve_sandbox(args.host, args.port)
+            return EXIT_OK
+        if command == "demo":
+            from tensorfeed_mcp.demo import run_demo
+
+            return run_demo()
+        settings = load_settings()
+        if command == "check":
+            return anyio.run(_check, settings, args.json)
+        return _serve(settings, args)
+    except ConfigurationError as exc:
+        print(f"tensorfeed-mcp: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from tensorfeed_mcp.server import AccountRuntime, build_server
+
+    transport = getattr(args, "transport", "stdio")
+    if transport == "stdio":
+        runtime = AccountRuntime(settings)
+        build_server(runtime).run("stdio")
+        return EXIT_OK
+    if args.auth_token_file is not None:
+        try:
+            secret = args.auth_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"Cannot read --auth-token-file {args.auth_token_file}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigurationError(f"--auth-token-file {args.auth_token_file} is empty.")
+        settings = dataclasses.replace(settings, mcp_auth_token=secret)
+    from tensorfeed_mcp.http_app import HttpTransport, serve_http
+
+    runtime = AccountRuntime(settings)
+    http_transport = cast(HttpTransport, transport)
+    anyio.run(serve_http, runtime, build_server(runtime), http_transport, args.host, args.port, args.allow_host)
+    return EXIT_OK
+
+
+async def _check(settings: Settings, as_json: bool) -> int:
+    from tensorfeed_mcp.account import AccountService
+    from tensorfeed_mcp.report import format_alert_check
+
+    try:
+        async with AccountService.open(settings) as service:
+            check = await service.check_alerts()
+    except TensorFeedError as exc:
+        print(f"tensorfeed-mcp check: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    print(check.model_dump_json(indent=2) if as_json else format_alert_check(check))
+    return EXIT_TRIGGERED if check.triggered else EXIT_OK

@@ -1,0 +1,308 @@
+"""TensorFeedClient: the account API over httpx2, with deadlines, retries, coalescing and a short cache.
+
+Every failure surfaces as an UpstreamError subclass whose message a person can act on. The token
+travels only in the Authorization header; no message, log line or exception here contains it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Generic, TypeVar
+
+import anyio
+import httpx2
+from pydantic import BaseModel, ValidationError
+
+from tensorfeed_mcp import __version__
+from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.errors import (
+    InvalidInputError,
+    InvalidResponseError,
+    PaymentRequiredError,
+    RateLimitedError,
+    RequestRejectedError,
+    ServerError,
+    TokenNotRecognisedError,
+    TokenRequiredError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from tensorfeed_mcp.models import (
+    BalancePayload,
+    HistoryPayload,
+    SpendCapPayload,
+    UsagePayload,
+    clean_upstream_text,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 1024 * 1024
+MAX_ATTEMPTS = 4
+BACKOFF_BASE_SECONDS = 0.25
+MAX_SPEND_CAP = 1_000_000
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Fetched(Generic[PayloadT]):
+    """An upstream payload with the service's time of answering and how long ago that was."""
+
+    data: PayloadT
+    as_of: datetime
+    age_seconds: float
+
+
+@dataclass
+class _Answer:
+    payload: Any
+    as_of: datetime
+    received_at: float
+
+
+class _Flight:
+    """One upstream read that concurrent callers of the same path wait on together."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.answer: _Answer | None = None
+        self.error: UpstreamError | None = None
+
+
+def validate_spend_cap(daily_cap: int | None) -> int | None:
+    """Check a cap in the service's own terms: null or 0 clears it; else an integer from 1 to 1,000,000."""
+    if daily_cap is None:
+        return None
+    if isinstance(daily_cap, bool) or not isinstance(daily_cap, int):
+        raise InvalidInputError(
+            f"daily_cap must be a whole number of credits or null, not {daily_cap!r}. "
+            "Give an integer from 1 to 1,000,000, or null or 0 to clear the cap."
+        )
+    if not 0 <= daily_cap <= MAX_SPEND_CAP:
+        raise InvalidInputError(
+            f"daily_cap {daily_cap} is out of range. "
+            "Give an integer from 1 to 1,000,000, or null or 0 to clear the cap."
+        )
+    return daily_cap
+
+
+class TensorFeedClient:
+    """The TensorFeed account API for one token. Open once per process (`async with`), share freely."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._http = httpx2.AsyncClient(
+            base_url=settings.api_url + "/",
+            headers={"User-Agent": f"tensorfeed-mcp/{__version__}", "Accept": "application/json"},
+            timeout=settings.timeout_seconds,
+            follow_redirects=False,
+        )
+        self._cache: dict[str, _Answer] = {}
+        self._flights: dict[str, _Flight] = {}
+
+    async def __aenter__(self) -> TensorFeedClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.aclose()
+
+    async def balance(self) -> Fetched[BalancePayload]:
+        return await self._read("payment/balance", BalancePayload)
+
+    async def usage(self) -> Fetched[UsagePayload]:
+        return await self._read("payment/usage", UsagePayload)
+
+    async def history(self) -> Fetched[HistoryPayload]:
+        return await self._read("payment/history", HistoryPayload)
+
+    async def spend_cap(self) -> Fetched[SpendCapPayload]:
+        return await self._read("payment/spend-cap", SpendCapPayload)
+
+    async def set_spend_cap(self, daily_cap: int | None) -> Fetched[SpendCapPayload]:
+        """Set (or with None or 0, clear) the daily cap; validated locally first, the service decides."""
+        body = {"daily_cap": validate_spend_cap(daily_cap)}
+        # Setting a cap to a value is idempotent, so the POST may be retried like a read.
+        answer = await self._request("POST", "payment/spend-cap", body)
+        self._cache["payment/spend-cap"] = answer
+        return self._fetched(answer, SpendCapPayload)
+
+    async def _read(self, path: str, model: type[PayloadT]) -> Fetched[PayloadT]:
+        """GET `path`: from the cache while fresh, else one upstream request shared by concurrent callers."""
+        while True:
+            cached = self._cache.get(path)
+            if cached is not None and anyio.current_time() - cached.received_at < self._settings.cache_seconds:
+                return self._fetched(cached, model)
+            flight = self._flights.get(path)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.answer is not None:
+                return self._fetched(flight.answer, model)
+            # The caller that led the flight was cancelled: loop and lead a new one.
+
+        flight = _Flight()
+        self._flights[path] = flight
+        try:
+            flight.answer = await self._request("GET", path)
+            self._cache[path] = flight.answer
+            return self._fetched(flight.answer, model)
+        except UpstreamError as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._flights[path]
+            flight.done.set()
+
+    def _fetched(self, answer: _Answer, model: type[PayloadT]) -> Fetched[PayloadT]:
+        try:
+            data = model.model_validate(answer.payload)
+        except ValidationError as exc:
+            fields = sorted({".".join(str(part) for part in err["loc"]) for err in exc.errors()})
+            raise InvalidResponseError(
+                f"TensorFeed's answer did not have the expected shape (problem with: {', '.join(fields)}). "
+                "The service may have changed; please report this."
+            ) from None
+        age = max(0.0, anyio.current_time() - answer.received_at)
+        return Fetched(data=data, as_of=answer.as_of, age_seconds=round(age, 3))
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> _Answer:
+        """Send with retries on retryable failures, within the deadline; raise the last error with its attempts."""
+        token = self._settings.require_token()
+        deadline = anyio.current_time() + self._settings.deadline_seconds
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - anyio.current_time()
+            try:
+                return await self._attempt(method, path, body, token, min(self._settings.timeout_seconds, remaining))
+            except UpstreamError as exc:
+                exc.attempts = attempt
+                if not exc.retryable or attempt >= MAX_ATTEMPTS:
+                    raise
+                delay = BACKOFF_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+                if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                # Waiting only makes sense if a useful attempt still fits before the deadline.
+                if deadline - anyio.current_time() - delay < 0.1:
+                    raise
+                logger.info("%s %s failed (%s); retry %d in %.2f s", method, path, type(exc).__name__, attempt, delay)
+                await anyio.sleep(delay)
+
+    async def _attempt(
+        self, method: str, path: str, body: dict[str, Any] | None, token: str, timeout: float
+    ) -> _Answer:
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            with anyio.fail_after(timeout):
+                async with self._http.stream(method, path, json=body, headers=headers, timeout=timeout) as response:
+                    raw = await self._read_capped(response)
+        except TimeoutError:
+            raise UpstreamTimeoutError(f"TensorFeed did not answer within {timeout:.3g} s.") from None
+        except httpx2.TimeoutException:
+            raise UpstreamTimeoutError(f"TensorFeed did not answer within {timeout:.3g} s.") from None
+        except httpx2.ConnectError:
+            raise UpstreamUnavailableError(
+                f"Could not connect to TensorFeed at {self._settings.api_url} (connection refused or no network). "
+                "Check your connection, or TENSORFEED_API_URL if you set it."
+            ) from None
+        except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError):
+            raise UpstreamUnavailableError(
+                "The connection to TensorFeed dropped before the answer was complete. Try again shortly."
+            ) from None
+        return self._interpret(response, raw)
+
+    async def _read_capped(self, response: httpx2.Response) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+            raise _too_large()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise _too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _interpret(self, response: httpx2.Response, raw: bytes) -> _Answer:
+        status = response.status_code
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        is_json = content_type == "application/json" or content_type.endswith("+json")
+        payload: Any = None
+        if is_json:
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                if status < 400:
+                    raise InvalidResponseError(
+                        "TensorFeed's answer was not valid JSON (it was cut short or corrupted). Try again shortly."
+                    ) from None
+        code, detail = _error_fields(payload)
+        if status == 401:
+            raise TokenRequiredError()
+        if status == 404 and code in ("token_not_found", "invalid_token_format"):
+            raise TokenNotRecognisedError(code)
+        if status == 402:
+            raise PaymentRequiredError(detail)
+        if status == 429:
+            raise RateLimitedError(_retry_after(response), code or "rate_limited")
+        if status >= 500:
+            raise ServerError(status)
+        if status >= 400:
+            raise RequestRejectedError(status, code or "error", detail)
+        if not is_json:
+            shown = clean_upstream_text(content_type or "no content type", 60)
+            raise InvalidResponseError(
+                f"TensorFeed answered with {shown} instead of JSON, often a CDN error page during an outage. "
+                "Try again shortly."
+            )
+        if not isinstance(payload, dict) or payload.get("ok") is not True:
+            raise InvalidResponseError("TensorFeed's answer did not say ok. Try again shortly.")
+        return _Answer(payload=payload, as_of=_service_time(response), received_at=anyio.current_time())
+
+
+def _too_large() -> InvalidResponseError:
+    return InvalidResponseError(
+        f"TensorFeed's answer was larger than {MAX_RESPONSE_BYTES // 1024} KiB, so it was not read. "
+        "This is not a normal account answer; check TENSORFEED_API_URL."
+    )
+
+
+def _error_fields(payload: Any) -> tuple[str, str]:
+    """The machine code and a ': human message' suffix from an error body, both cleaned."""
+    if not isinstance(payload, dict):
+        return "", ""
+    code = payload.get("error")
+    message = payload.get("message")
+    code_text = clean_upstream_text(code, 64) if isinstance(code, str) else ""
+    detail = f": {clean_upstream_text(message)}" if isinstance(message, str) and message else ""
+    return code_text, detail
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - _service_time(response)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def _service_time(response: httpx2.Response) -> datetime:
+    """The service's clock from the Date header, so 'today' matches the service's UTC day."""
+    try:
+        when = parsedate_to_datetime(response.headers.get("date", ""))
+    except (TypeError, ValueError):
+        return datetime.now(UTC)
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)

@@ -1,0 +1,123 @@
+"""Exceptions whose messages say what went wrong and what to do about it.
+
+Every message here may reach a person or a model verbatim, so none of them ever
+contains the token: only its masked form, if anything.
+"""
+
+from __future__ import annotations
+
+TOKEN_HELP = (
+    "A token looks like tf_live_ followed by 64 hex characters; you get one when you buy credits "
+    "at https://tensorfeed.ai (see the account page)."
+)
+
+
+class TensorFeedError(Exception):
+    """Base class: the message is written for the person who has to act on it."""
+
+
+class ConfigurationError(TensorFeedError):
+    """The local configuration (environment or flags) is missing or malformed."""
+
+
+class TokenMissingError(ConfigurationError):
+    def __init__(self) -> None:
+        super().__init__(
+            "No TensorFeed token is configured. Set TENSORFEED_TOKEN in the MCP server's environment "
+            f"(the 'env' block of your MCP host's config). {TOKEN_HELP}"
+        )
+
+
+class TokenFormatError(ConfigurationError):
+    def __init__(self) -> None:
+        super().__init__(
+            "TENSORFEED_TOKEN does not look like a TensorFeed token: it must start with 'tf_live_'. "
+            f"No request was sent. {TOKEN_HELP}"
+        )
+
+
+class UpstreamError(TensorFeedError):
+    """TensorFeed could not be reached or gave an answer we cannot use.
+
+    `attempts` counts the requests made for this operation (retries included).
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.attempts > 1:
+            return f"{text} (after {self.attempts} attempts)"
+        return text
+
+
+class TokenRequiredError(UpstreamError):
+    def __init__(self) -> None:
+        super().__init__("TensorFeed answered 401 token_required: the request carried no usable token.")
+
+
+class TokenNotRecognisedError(UpstreamError):
+    def __init__(self, code: str) -> None:
+        super().__init__(
+            f"TensorFeed answered 404 {code}: token not recognised: revoked or mistyped. "
+            "Check TENSORFEED_TOKEN against the token you were given when you bought credits."
+        )
+
+
+class PaymentRequiredError(UpstreamError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"TensorFeed answered 402 payment required{detail}: the token has no credits left for this. "
+            "Top up at https://tensorfeed.ai."
+        )
+
+
+class RequestRejectedError(UpstreamError):
+    """A 4xx that names what was wrong with the request (for example a bad spend cap)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"TensorFeed rejected the request ({status} {code}){detail}")
+        self.code = code
+
+
+class RateLimitedError(UpstreamError):
+    retryable = True
+
+    def __init__(self, retry_after: float | None, code: str) -> None:
+        wait = f"; it asked to wait {retry_after:g} s" if retry_after is not None else ""
+        super().__init__(f"TensorFeed is rate limiting this token (429 {code}){wait}. Try again shortly.")
+        self.retry_after = retry_after
+
+
+class ServerError(UpstreamError):
+    retryable = True
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"TensorFeed had a server error (HTTP {status}). This is on their side; try again shortly.")
+        self.status = status
+
+
+class InvalidResponseError(UpstreamError):
+    """The answer was not the JSON the contract promises (an HTML error page, truncated, too large)."""
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """No answer at all: connection refused, DNS failure, or the connection dropped mid-answer."""
+
+    retryable = True
+
+
+class UpstreamTimeoutError(UpstreamError):
+    retryable = True
+
+
+class InvalidInputError(TensorFeedError):
+    """An argument was rejected before anything was sent or saved; the message says what is accepted."""
+
+
+class StateStoreError(TensorFeedError):
+    """The local alert state file cannot be used; the message says where it is and what to do."""

@@ -1,0 +1,311 @@
+"""The MCP surface: tools, resources and a prompt over an AccountService, plus the alert watcher."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, cast
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver import Context
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ResourceUpdated
+from mcp.types import INVALID_PARAMS, EmptyResult, SubscribeRequestParams, ToolAnnotations, UnsubscribeRequestParams
+from pydantic import Field
+
+from tensorfeed_mcp import __version__
+from tensorfeed_mcp.account import AccountService
+from tensorfeed_mcp.alerts import BURN_RATE_METHOD, KINDS_HELP
+from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.errors import TensorFeedError
+from tensorfeed_mcp.models import (
+    AccountBalance,
+    AccountUsage,
+    AlertCheck,
+    AlertRuleDeleted,
+    AlertRuleSaved,
+    AlertStatus,
+    PaymentHistory,
+    SpendCap,
+    SpendCapChange,
+)
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = (
+    "Reads and guards the TensorFeed API account behind TENSORFEED_TOKEN: credits left, what is spending them, "
+    "purchases, the daily spend cap the service enforces, and local spend alerts with a runway forecast. "
+    "Use the read tools to answer questions about credits, check_spend_alerts before costly work, and change the "
+    "spend cap or alert rules only when the user asks."
+)
+SUMMARY_URI = "tensorfeed://account/summary"
+ALERTS_URI = "tensorfeed://account/alerts"
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=True)
+LOCAL_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+
+class AccountRuntime:
+    """The process's AccountService, the alert watcher, and who to tell when an alert changes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bus = InMemorySubscriptionBus()
+        self._service: AccountService | None = None
+        self._legacy_subscribers: dict[str, set[ServerSession]] = {}
+        self._last_statuses: dict[str, AlertStatus] | None = None
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[AccountService]:
+        """Open the service (and start the watcher when TENSORFEED_ALERT_POLL_SECONDS is set) for the process."""
+        async with AccountService.open(self.settings) as service, anyio.create_task_group() as group:
+            if self.settings.alert_poll_seconds:
+                group.start_soon(self._watch, service, self.settings.alert_poll_seconds)
+            self._service = service
+            try:
+                yield service
+            finally:
+                self._service = None
+                group.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def lifespan(self, _server: MCPServer[AccountService]) -> AsyncIterator[AccountService]:
+        """Share the process's service when a transport runner already opened it (HTTP), else open one (stdio)."""
+        if self._service is not None:
+            yield self._service
+            return
+        async with self.open() as service:
+            yield service
+
+    async def _watch(self, service: AccountService, interval: float) -> None:
+        while True:
+            try:
+                check = await service.check_alerts()
+            except TensorFeedError as exc:
+                logger.warning("Background alert check failed: %s", exc)
+            else:
+                await self._publish_changes(check)
+            await anyio.sleep(interval)
+
+    async def _publish_changes(self, check: AlertCheck) -> None:
+        statuses = {alert.name: alert.status for alert in check.alerts}
+        previous, self._last_statuses = self._last_statuses, statuses
+        if previous is None or statuses == previous:
+            return
+        newly_triggered = [
+            alert for alert in check.alerts if alert.status == "triggered" and previous.get(alert.name) != "triggered"
+        ]
+        for alert in newly_triggered:
+            logger.warning("Alert %s triggered: %s", alert.name, alert.message)
+        await self.bus.publish(ResourceUpdated(uri=ALERTS_URI))
+        for session in list(self._legacy_subscribers.get(ALERTS_URI, ())):
+            try:
+                await session.send_resource_updated(ALERTS_URI)
+                for alert in newly_triggered:
+                    await session.send_log_message("warning", f"Alert {alert.name} triggered: {alert.message}")
+            except Exception:  # a closed connection: forget it
+                self._legacy_subscribers[ALERTS_URI].discard(session)
+
+    async def subscribe(self, ctx: ServerRequestContext[Any], params: SubscribeRequestParams) -> EmptyResult:
+        """Legacy resources/subscribe: remember the session so the watcher can tell it about changes."""
+        uri = str(params.uri)
+        if uri not in (SUMMARY_URI, ALERTS_URI):
+            raise MCPError(INVALID_PARAMS, f"Unknown resource {uri!r}; subscribable: {SUMMARY_URI}, {ALERTS_URI}.")
+        self._legacy_subscribers.setdefault(uri, set()).add(ctx.session)
+        return EmptyResult()
+
+    async def unsubscribe(self, ctx: ServerRequestContext[Any], params: UnsubscribeRequestParams) -> EmptyResult:
+        self._legacy_subscribers.get(str(params.uri), set()).discard(ctx.session)
+        return EmptyResult()
+
+
+def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
+    """The MCP server: every tool returns a pydantic model, so each has an output schema."""
+    server: MCPServer[AccountService] = MCPServer(
+        "tensorfeed",
+        title="TensorFeed account",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        website_url="https://tensorfeed.ai",
+        lifespan=runtime.lifespan,
+        subscriptions=runtime.bus,
+        log_level="WARNING",
+    )
+    # MCPServer has no public seam for the 2025-era resources/subscribe; its low-level server does.
+    lowlevel = server._lowlevel_server
+    lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, runtime.subscribe)
+    lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, runtime.unsubscribe)
+
+    def account(ctx: Context[AccountService]) -> AccountService:
+        return ctx.request_context.lifespan_context
+
+    @server.tool(
+        title="Account usage",
+        annotations=READ_ONLY,
+        description=(
+            "What is spending the token's credits: totals and per-endpoint calls and credits (most credits first, "
+            "with share of spend) over the service's ring buffer of the last 100 premium calls, plus the newest "
+            "calls. buffer_full means older calls rolled off and are not counted. `endpoint` filters to endpoints "
+            "containing that text."
+        ),
+    )
+    async def get_account_usage(
+        ctx: Context[AccountService],
+        endpoint: Annotated[
+            str | None, Field(description="Only endpoints whose path contains this text, e.g. 'routing'.")
+        ] = None,
+    ) -> AccountUsage:
+        return await account(ctx).usage(endpoint)
+
+    @server.tool(
+        title="Account balance",
+        annotations=READ_ONLY,
+        description=(
+            "Credits left on the token, credits bought and spent over its life, when it was created and last used, "
+            "and a US dollar estimate of the balance at the base rate (an estimate: volume purchases cost less)."
+        ),
+    )
+    async def get_account_balance(ctx: Context[AccountService]) -> AccountBalance:
+        return await account(ctx).balance()
+
+    @server.tool(
+        title="Payment history",
+        annotations=READ_ONLY,
+        description="Credit purchases (top-ups) for the token, newest first, with dollar and credit totals.",
+    )
+    async def get_payment_history(ctx: Context[AccountService]) -> PaymentHistory:
+        return await account(ctx).history()
+
+    @server.tool(
+        title="Daily spend cap",
+        annotations=READ_ONLY,
+        description=(
+            "The daily credit cap TensorFeed enforces on the token (calls that would exceed it are refused), "
+            "today's spend against it, what remains, and when it resets (UTC midnight). daily_cap is null when "
+            "no cap is set; then the service reports daily_spent as 0."
+        ),
+    )
+    async def get_spend_cap(ctx: Context[AccountService]) -> SpendCap:
+        return await account(ctx).spend_cap()
+
+    @server.tool(
+        title="Set daily spend cap",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True
+        ),
+        description=(
+            "Set the daily credit cap TensorFeed enforces on the token, or clear it with null or 0. Accepts an "
+            "integer from 1 to 1,000,000. Returns the new cap state and previous_cap. Change it only when the user "
+            "asks to limit (or lift the limit on) spending."
+        ),
+    )
+    async def set_spend_cap(
+        ctx: Context[AccountService],
+        daily_cap: Annotated[
+            int | None, Field(description="Credits per UTC day, 1 to 1,000,000; null or 0 clears the cap.")
+        ],
+    ) -> SpendCapChange:
+        return await account(ctx).set_spend_cap(daily_cap)
+
+    @server.tool(
+        title="Set spend alert",
+        annotations=LOCAL_WRITE,
+        description=(
+            f"Create a local alert rule, or update the rule with that name. Kinds: {KINDS_HELP}. A rule triggers "
+            "when the balance falls below, today's spend rises above, the share of the daily cap used rises above, "
+            "or the forecast runway falls below its threshold. name defaults to the kind. Rules are kept on this "
+            "machine for this token; check_spend_alerts evaluates them."
+        ),
+    )
+    async def set_spend_alert(
+        ctx: Context[AccountService],
+        kind: Annotated[str, Field(description=f"One of: {KINDS_HELP}.")],
+        threshold: Annotated[float, Field(description="In the kind's unit: credits, percent or hours.")],
+        name: Annotated[str | None, Field(description="Up to 64 characters; defaults to the kind.")] = None,
+    ) -> AlertRuleSaved:
+        return await account(ctx).set_alert(kind, threshold, name)
+
+    @server.tool(
+        title="Delete spend alert",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        ),
+        description="Delete a local alert rule by name. Rules from the environment (env:...) cannot be deleted here.",
+    )
+    async def delete_spend_alert(
+        ctx: Context[AccountService], name: Annotated[str, Field(description="The rule's name.")]
+    ) -> AlertRuleDeleted:
+        return await account(ctx).delete_alert(name)
+
+    @server.tool(
+        title="Check spend alerts",
+        annotations=READ_ONLY,
+        description=(
+            "Evaluate every alert rule now against fresh balance, usage and spend cap. Returns each rule's status "
+            "(ok, triggered, not_applicable when it needs a cap and none is set, unknown when data is missing), "
+            "since when it has been triggered, today's spend (from the service when a cap is set, else summed from "
+            f"the usage buffer, then possibly a lower bound), the burn rate and runway. {BURN_RATE_METHOD}"
+        ),
+    )
+    async def check_spend_alerts(ctx: Context[AccountService]) -> AlertCheck:
+        check = await account(ctx).check_alerts()
+        for alert in check.alerts:
+            if alert.status == "triggered":
+                await ctx.warning(f"Alert {alert.name} triggered: {alert.message}")
+        return check
+
+    @server.resource(
+        SUMMARY_URI,
+        name="account_summary",
+        title="Account summary",
+        description="Balance and usage headline for the token, as JSON.",
+        mime_type="application/json",
+    )
+    async def account_summary(ctx: Context) -> str:
+        service = cast(AccountService, ctx.request_context.lifespan_context)
+        balance, usage = await service.balance(), await service.usage()
+        headline = {
+            "token": balance.token,
+            "as_of": balance.as_of.isoformat(),
+            "balance": balance.balance,
+            "usd_estimate": balance.usd_estimate.amount_usd,
+            "total_purchased": balance.total_purchased,
+            "recent_calls": usage.total_calls,
+            "recent_credits_spent": usage.total_credits_spent,
+            "top_endpoints": [row.model_dump(mode="json") for row in usage.by_endpoint[:3]],
+            "window_start": usage.window_start.isoformat() if usage.window_start else None,
+        }
+        return json.dumps(headline, indent=2)
+
+    @server.resource(
+        ALERTS_URI,
+        name="account_alerts",
+        title="Spend alerts",
+        description="The current verdict of every alert rule (as check_spend_alerts returns it), as JSON.",
+        mime_type="application/json",
+    )
+    async def account_alerts(ctx: Context) -> str:
+        service = cast(AccountService, ctx.request_context.lifespan_context)
+        return (await service.check_alerts()).model_dump_json(indent=2)
+
+    @server.prompt(
+        name="spend_review",
+        title="Review spending",
+        description="Review usage, the daily cap and alerts, and propose a daily spend cap.",
+    )
+    def spend_review() -> str:
+        return (
+            "Review my TensorFeed spending. Call get_account_balance, get_account_usage, get_spend_cap and "
+            "check_spend_alerts. Then tell me, briefly: how many credits are left and the runway at the current "
+            "burn rate; which endpoints spend the most; how today's spend compares with the daily cap (or that no "
+            "cap is set); which alerts are triggered. Finally propose a daily spend cap in credits, with the "
+            "reasoning (typical daily spend plus headroom), and ask me before calling set_spend_cap."
+        )
+
+    return server

@@ -1,0 +1,156 @@
+"""Shared fixtures: a sandbox over real HTTP, settings pointing at it, MCP clients, and a record of all output.
+
+Everything a test sees from the server (tool results, errors, resources, stderr, HTTP bodies, log records)
+goes through `record`, so test_zz_token_hygiene.py can check that no token ever appeared in any of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.types import CallToolResult
+
+from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, running_sandbox
+from tensorfeed_mcp.server import AccountRuntime, build_server
+
+CAPTURED: list[str] = []
+MODES = ["legacy", "2026-07-28"]
+
+
+def record(text: object) -> None:
+    """Keep text the server produced, for the token scan at the end of the run."""
+    CAPTURED.append(str(text))
+
+
+class _RecordLogs(logging.Handler):
+    def emit(self, log_record: logging.LogRecord) -> None:
+        record(self.format(log_record))
+
+
+_handler = _RecordLogs(level=logging.DEBUG)
+_handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s %(exc_text)s"))
+logging.getLogger().addHandler(_handler)
+logging.getLogger("tensorfeed_mcp").setLevel(logging.INFO)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[RunningSandbox]:
+    """A sandbox shared by a module's tests; tests that change accounts use `fresh_sandbox`."""
+    with running_sandbox() as running:
+        yield running
+        running.control.clear_fault()
+
+
+@pytest.fixture
+def fresh_sandbox() -> Iterator[RunningSandbox]:
+    with running_sandbox() as running:
+        yield running
+
+
+def settings_for(sandbox: RunningSandbox, state_dir: Path, account: str = "busy", **overrides: Any) -> Settings:
+    """Settings for one demo account on `sandbox`; tests that change upstream state turn the cache off."""
+    base = Settings(
+        token=DEMO_TOKENS[account],
+        api_url=sandbox.api_url,
+        timeout_seconds=2.0,
+        cache_seconds=0.0,
+        state_dir=state_dir,
+    )
+    return replace(base, **overrides)
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a server subprocess use `settings`."""
+    env = {
+        "TENSORFEED_API_URL": settings.api_url,
+        "TENSORFEED_TIMEOUT_SECONDS": str(settings.timeout_seconds),
+        "TENSORFEED_CACHE_SECONDS": str(settings.cache_seconds),
+        "TENSORFEED_MCP_STATE_DIR": str(settings.state_dir),
+    }
+    if settings.token:
+        env["TENSORFEED_TOKEN"] = settings.token
+    return env
+
+
+def console_script() -> str:
+    """The installed `tensorfeed-mcp` entry point of the environment running the tests."""
+    script = Path(sys.executable).parent / "tensorfeed-mcp"
+    assert script.exists(), f"console script missing at {script}: install the package (make test does)"
+    return str(script)
+
+
+def stdio_params(settings: Settings, **extra_env: str) -> StdioServerParameters:
+    return StdioServerParameters(command=console_script(), args=[], env={**server_env(settings), **extra_env})
+
+
+@asynccontextmanager
+async def in_memory(settings: Settings, mode: str = "auto") -> AsyncIterator[Client]:
+    async with Client(build_server(AccountRuntime(settings)), mode=mode) as client:  # type: ignore[arg-type]
+        yield client
+
+
+class Caller:
+    """Calls tools on a connected client, records what came back, and checks it against the output schema."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._schemas: dict[str, dict[str, Any]] | None = None
+
+    async def schemas(self) -> dict[str, dict[str, Any]]:
+        if self._schemas is None:
+            tools = (await self.client.list_tools()).tools
+            self._schemas = {tool.name: tool.output_schema or {} for tool in tools}
+        return self._schemas
+
+    async def raw(self, tool: str, **arguments: Any) -> CallToolResult:
+        result = await self.client.call_tool(tool, arguments)
+        record(result.model_dump_json())
+        return result
+
+    async def ok(self, tool: str, **arguments: Any) -> dict[str, Any]:
+        """The structured result of a successful call, validated against the tool's published outputSchema."""
+        result = await self.raw(tool, **arguments)
+        assert not result.is_error, f"{tool} failed: {error_text(result)}"
+        assert result.structured_content is not None
+        schema = (await self.schemas())[tool]
+        assert schema, f"{tool} publishes no outputSchema"
+        jsonschema.validate(result.structured_content, schema)
+        return result.structured_content
+
+    async def error(self, tool: str, **arguments: Any) -> str:
+        """The message of a call that must fail as a tool error (isError), not a protocol error."""
+        result = await self.raw(tool, **arguments)
+        assert result.is_error, f"{tool} unexpectedly succeeded: {result.structured_content}"
+        assert result.structured_content is None
+        return error_text(result)
+
+
+def error_text(result: CallToolResult) -> str:
+    return " ".join(getattr(block, "text", "") for block in result.content)
+
+
+def read_recorded(path: Path) -> str:
+    """Read a captured stream (a subprocess's stderr) and record it for the token scan."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    record(text)
+    return text
+
+
+Era = Literal["legacy", "2026-07-28"]
+os.environ.pop("TENSORFEED_TOKEN", None)  # the suite must not depend on (or leak) a real token in the environment

@@ -56,7 +56,7 @@ async def _demo(api_url: str, state_dir: str) -> None:
             "TENSORFEED_MCP_STATE_DIR": state_dir,
         },
     )
-    print(f"Starting {Path(command).name} {' '.join(args)} over stdio against the sandbox at {api_url}\n")
+    print(f"Starting {' '.join([Path(command).name, *args])} over stdio against the sandbox at {api_url}\n")
     async with Client(params) as client:
         tools = (await client.list_tools()).tools
         print(f"Connected ({client.protocol_version}). {len(tools)} tools:")

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import anyio
 from mcp.server import MCPServer
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import MCPServerError, ResourceError, ToolError
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp.types import INVALID_PARAMS, EmptyResult, SubscribeRequestParams, ToolAnnotations, UnsubscribeRequestParams
 from pydantic import Field
@@ -47,6 +50,39 @@ INSTRUCTIONS = (
 SUMMARY_URI = "tensorfeed://account/summary"
 ALERTS_URI = "tensorfeed://account/alerts"
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reported_as(error: type[MCPServerError]) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Pass our errors' messages (safe and actionable by design) to the client; the SDK hides anything else."""
+
+    def decorate(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(handler)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await handler(*args, **kwargs)
+            except TensorFeedError as exc:
+                raise error(str(exc)) from None
+
+        return wrapper
+
+    return decorate
+
+
+async def warn_legacy_client(session: ServerSession, message: str) -> None:
+    """Send an MCP log warning, a 2025-era feature (deprecated from 2026-07-28), only to sessions that speak it."""
+    if session.protocol_version >= MODERN_PROTOCOL:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        await session.send_log_message("warning", message)
+
+
+tool_errors = reported_as(ToolError)
+resource_errors = reported_as(ResourceError)
+
+MODERN_PROTOCOL = "2026-07-28"
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=True)
 LOCAL_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
@@ -73,6 +109,13 @@ class AccountRuntime:
             finally:
                 self._service = None
                 group.cancel_scope.cancel()
+
+    @property
+    def service(self) -> AccountService:
+        """The open service, for handlers the SDK gives no context (static resources)."""
+        if self._service is None:
+            raise RuntimeError("The account service is not open yet.")
+        return self._service
 
     @asynccontextmanager
     async def lifespan(self, _server: MCPServer[AccountService]) -> AsyncIterator[AccountService]:
@@ -108,7 +151,7 @@ class AccountRuntime:
             try:
                 await session.send_resource_updated(ALERTS_URI)
                 for alert in newly_triggered:
-                    await session.send_log_message("warning", f"Alert {alert.name} triggered: {alert.message}")
+                    await warn_legacy_client(session, f"Alert {alert.name} triggered: {alert.message}")
             except Exception:  # a closed connection: forget it
                 self._legacy_subscribers[ALERTS_URI].discard(session)
 
@@ -155,6 +198,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             "containing that text."
         ),
     )
+    @tool_errors
     async def get_account_usage(
         ctx: Context[AccountService],
         endpoint: Annotated[
@@ -171,6 +215,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             "and a US dollar estimate of the balance at the base rate (an estimate: volume purchases cost less)."
         ),
     )
+    @tool_errors
     async def get_account_balance(ctx: Context[AccountService]) -> AccountBalance:
         return await account(ctx).balance()
 
@@ -179,6 +224,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         annotations=READ_ONLY,
         description="Credit purchases (top-ups) for the token, newest first, with dollar and credit totals.",
     )
+    @tool_errors
     async def get_payment_history(ctx: Context[AccountService]) -> PaymentHistory:
         return await account(ctx).history()
 
@@ -191,6 +237,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             "no cap is set; then the service reports daily_spent as 0."
         ),
     )
+    @tool_errors
     async def get_spend_cap(ctx: Context[AccountService]) -> SpendCap:
         return await account(ctx).spend_cap()
 
@@ -205,6 +252,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             "asks to limit (or lift the limit on) spending."
         ),
     )
+    @tool_errors
     async def set_spend_cap(
         ctx: Context[AccountService],
         daily_cap: Annotated[
@@ -223,6 +271,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             "machine for this token; check_spend_alerts evaluates them."
         ),
     )
+    @tool_errors
     async def set_spend_alert(
         ctx: Context[AccountService],
         kind: Annotated[str, Field(description=f"One of: {KINDS_HELP}.")],
@@ -238,6 +287,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         ),
         description="Delete a local alert rule by name. Rules from the environment (env:...) cannot be deleted here.",
     )
+    @tool_errors
     async def delete_spend_alert(
         ctx: Context[AccountService], name: Annotated[str, Field(description="The rule's name.")]
     ) -> AlertRuleDeleted:
@@ -253,11 +303,12 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             f"the usage buffer, then possibly a lower bound), the burn rate and runway. {BURN_RATE_METHOD}"
         ),
     )
+    @tool_errors
     async def check_spend_alerts(ctx: Context[AccountService]) -> AlertCheck:
         check = await account(ctx).check_alerts()
         for alert in check.alerts:
             if alert.status == "triggered":
-                await ctx.warning(f"Alert {alert.name} triggered: {alert.message}")
+                await warn_legacy_client(ctx.session, f"Alert {alert.name} triggered: {alert.message}")
         return check
 
     @server.resource(
@@ -267,9 +318,9 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         description="Balance and usage headline for the token, as JSON.",
         mime_type="application/json",
     )
-    async def account_summary(ctx: Context) -> str:
-        service = cast(AccountService, ctx.request_context.lifespan_context)
-        balance, usage = await service.balance(), await service.usage()
+    @resource_errors
+    async def account_summary() -> str:
+        balance, usage = await runtime.service.balance(), await runtime.service.usage()
         headline = {
             "token": balance.token,
             "as_of": balance.as_of.isoformat(),
@@ -290,9 +341,9 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         description="The current verdict of every alert rule (as check_spend_alerts returns it), as JSON.",
         mime_type="application/json",
     )
-    async def account_alerts(ctx: Context) -> str:
-        service = cast(AccountService, ctx.request_context.lifespan_context)
-        return (await service.check_alerts()).model_dump_json(indent=2)
+    @resource_errors
+    async def account_alerts() -> str:
+        return (await runtime.service.check_alerts()).model_dump_json(indent=2)
 
     @server.prompt(
         name="spend_review",

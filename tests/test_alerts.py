@@ -139,7 +139,9 @@ def test_zero_balance_is_critical() -> None:
         ("balance_below", 10, "   ", "empty"),
     ],
 )
-def test_bad_rules_are_refused_with_what_is_accepted(kind: str, threshold: float, name: str | None, fragment: str) -> None:
+def test_bad_rules_are_refused_with_what_is_accepted(
+    kind: str, threshold: float, name: str | None, fragment: str
+) -> None:
     with pytest.raises(InvalidInputError, match=fragment):
         make_rule(kind, threshold, name)
 

@@ -1,0 +1,188 @@
+"""AlertStore: the user's alert rules and their trigger state in one SQLite file, keyed by token fingerprint.
+
+Every operation opens its own connection and runs in one transaction, so several server processes can share
+the file (WAL mode, a busy timeout, BEGIN IMMEDIATE for writes). A file that is not a database is never
+rewritten or replaced: it is copied aside once and every operation says where the file and the copy are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from tensorfeed_mcp.errors import StateStoreError
+from tensorfeed_mcp.models import AlertRule, AlertStatus
+
+if TYPE_CHECKING:
+    import sqlite3
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_rules (
+    fingerprint TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    threshold REAL NOT NULL,
+    unit TEXT NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (fingerprint, name)
+);
+CREATE TABLE IF NOT EXISTS alert_state (
+    fingerprint TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    since TEXT,
+    PRIMARY KEY (fingerprint, name)
+);
+"""
+
+T = TypeVar("T")
+
+
+class AlertStore:
+    """Saved alert rules and when each went from ok to triggered. Creating one touches no file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def list_rules(self, fingerprint: str) -> list[AlertRule]:
+        """The token's saved rules, by name."""
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT name, kind, threshold, unit FROM alert_rules WHERE fingerprint = ? ORDER BY name",
+                (fingerprint,),
+            ).fetchall(),
+            write=False,
+        )
+        return [AlertRule(name=n, kind=k, threshold=t, unit=u, source="user") for n, k, t, u in rows]
+
+    def save_rule(self, fingerprint: str, rule: AlertRule) -> Literal["created", "updated"]:
+        """Create the rule or replace the one with its name; a changed kind or threshold forgets its trigger state."""
+
+        def save(db: sqlite3.Connection) -> Literal["created", "updated"]:
+            old = db.execute(
+                "SELECT kind, threshold FROM alert_rules WHERE fingerprint = ? AND name = ?",
+                (fingerprint, rule.name),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO alert_rules (fingerprint, name, kind, threshold, unit) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (fingerprint, name) DO UPDATE SET kind = excluded.kind, "
+                "threshold = excluded.threshold, unit = excluded.unit, updated_at = excluded.updated_at",
+                (fingerprint, rule.name, rule.kind, rule.threshold, rule.unit),
+            )
+            if old is not None and tuple(old) != (rule.kind, rule.threshold):
+                db.execute("DELETE FROM alert_state WHERE fingerprint = ? AND name = ?", (fingerprint, rule.name))
+            return "created" if old is None else "updated"
+
+        return self._run(save, write=True)
+
+    def delete_rule(self, fingerprint: str, name: str) -> bool:
+        """Delete a saved rule and its state; False when there was no such rule."""
+
+        def delete(db: sqlite3.Connection) -> bool:
+            gone = db.execute("DELETE FROM alert_rules WHERE fingerprint = ? AND name = ?", (fingerprint, name))
+            db.execute("DELETE FROM alert_state WHERE fingerprint = ? AND name = ?", (fingerprint, name))
+            return gone.rowcount > 0
+
+        return self._run(delete, write=True)
+
+    def record_statuses(
+        self, fingerprint: str, statuses: dict[str, AlertStatus], now: datetime
+    ) -> dict[str, datetime | None]:
+        """Store this check's statuses and return each rule's `since`.
+
+        A rule that becomes triggered gets `since = now`; one that stays triggered keeps its time; ok and
+        not_applicable clear it; unknown changes nothing (a failed read is not evidence either way).
+        """
+
+        def record(db: sqlite3.Connection) -> dict[str, datetime | None]:
+            stored = {
+                name: (status, since)
+                for name, status, since in db.execute(
+                    "SELECT name, status, since FROM alert_state WHERE fingerprint = ?", (fingerprint,)
+                )
+            }
+            result: dict[str, datetime | None] = {}
+            for name, status in statuses.items():
+                old_status, old_since = stored.get(name, ("ok", None))
+                if status == "unknown":
+                    status, since = old_status, old_since
+                elif status == "triggered":
+                    since = old_since if old_status == "triggered" and old_since else now.isoformat()
+                else:
+                    since = None
+                db.execute(
+                    "INSERT INTO alert_state (fingerprint, name, status, since) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (fingerprint, name) DO UPDATE SET status = excluded.status, since = excluded.since",
+                    (fingerprint, name, status, since),
+                )
+                result[name] = datetime.fromisoformat(since) if status == "triggered" and since else None
+            return result
+
+        return self._run(record, write=True)
+
+    def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        import sqlite3  # imported here: start-up does not need it, and most processes never touch alerts
+
+        try:
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    result = operation(db)
+                except BaseException:
+                    db.rollback()
+                    raise
+                db.commit()
+                return result
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StateStoreError(
+                    f"The alert state file {self.path} stayed locked by another process for "
+                    f"{BUSY_TIMEOUT_MS / 1000:g} s; try again."
+                ) from None
+            raise StateStoreError(f"The alert state file {self.path} cannot be used: {exc}.") from None
+        except sqlite3.DatabaseError:
+            raise StateStoreError(self._set_aside_message()) from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        import sqlite3
+
+        if self.path.is_dir():
+            raise StateStoreError(f"The alert state path {self.path} is a folder; it must be a file.")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateStoreError(f"Cannot create the alert state folder {self.path.parent}: {exc.strerror}.") from None
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            yield db
+        finally:
+            db.close()
+
+    def _set_aside_message(self) -> str:
+        """Keep one copy of an unreadable state file (named by its content hash) and say where both are."""
+        try:
+            digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+            copy = self.path.with_name(f"{self.path.name}.corrupt-{digest}")
+            if not copy.exists():
+                shutil.copy2(self.path, copy)
+            kept = f"A copy is kept at {copy}. "
+        except OSError as exc:
+            kept = f"It could not be copied ({exc.strerror}). "
+        return (
+            f"The alert state file {self.path} is not a readable SQLite database, so saved alert rules cannot be "
+            f"read; it was left as it is. {kept}Move the file away to start with no saved rules, or restore it "
+            "from a backup."
+        )

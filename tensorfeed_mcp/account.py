@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from tensorfeed_mcp.alerts import AccountSnapshot, evaluate_rules, make_rule, spend_figures
-from tensorfeed_mcp.client import Fetched, TensorFeedClient
+from tensorfeed_mcp.client import Fetched, TensorFeedClient, validate_spend_cap
 from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint
 from tensorfeed_mcp.errors import InvalidInputError, UpstreamError
 from tensorfeed_mcp.models import (
@@ -125,6 +125,7 @@ class AccountService:
         return SpendCap(**self._spend_cap(await self._client.spend_cap()))
 
     async def set_spend_cap(self, daily_cap: int | None) -> SpendCapChange:
+        validate_spend_cap(daily_cap)  # before reading the current cap: a refused value sends nothing
         previous = await self._client.spend_cap()
         changed = await self._client.set_spend_cap(daily_cap)
         return SpendCapChange(**self._spend_cap(changed), previous_cap=previous.data.daily_cap)

@@ -394,7 +394,9 @@ class _Api:
                 return self.error(400, "invalid_request_body", 'Body must be JSON: {"daily_cap": <number|null>}')
             if not isinstance(body, dict):
                 return self.error(400, "invalid_request_body", "Body must be a JSON object")
-            value = body.get("daily_cap")
+            if "daily_cap" not in body:  # undefined in the service's JavaScript: neither a number nor null
+                return self.error(400, "cap_must_be_number_or_null", "daily_cap must be a number or null")
+            value = body["daily_cap"]
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 return self.error(400, "cap_must_be_number_or_null", "daily_cap must be a number or null")
             if value is not None and (not math.isfinite(value) or value != int(value)):
@@ -617,7 +619,7 @@ def running_sandbox(host: str = "127.0.0.1", port: int = 0) -> Iterator[RunningS
         yield RunningSandbox(url=url, sandbox=sandbox, control=control)
     finally:
         control.close()
-        server.should_exit = True
+        server.should_exit = server.force_exit = True  # do not wait out requests held by the slow fault mode
         thread.join(timeout=10)
         sock.close()
 

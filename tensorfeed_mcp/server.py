@@ -133,10 +133,11 @@ class AccountRuntime:
             except TensorFeedError as exc:
                 logger.warning("Background alert check failed: %s", exc)
             else:
-                await self._publish_changes(check)
+                await self.observe(check)
             await anyio.sleep(interval)
 
-    async def _publish_changes(self, check: AlertCheck) -> None:
+    async def observe(self, check: AlertCheck) -> None:
+        """Tell subscribers when any rule's status differs from the previous check in this process (either kind)."""
         statuses = {alert.name: alert.status for alert in check.alerts}
         previous, self._last_statuses = self._last_statuses, statuses
         if previous is None or statuses == previous:
@@ -149,9 +150,9 @@ class AccountRuntime:
         await self.bus.publish(ResourceUpdated(uri=ALERTS_URI))
         for session in list(self._legacy_subscribers.get(ALERTS_URI, ())):
             try:
-                await session.send_resource_updated(ALERTS_URI)
                 for alert in newly_triggered:
                     await warn_legacy_client(session, f"Alert {alert.name} triggered: {alert.message}")
+                await session.send_resource_updated(ALERTS_URI)
             except Exception:  # a closed connection: forget it
                 self._legacy_subscribers[ALERTS_URI].discard(session)
 
@@ -306,6 +307,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     @tool_errors
     async def check_spend_alerts(ctx: Context[AccountService]) -> AlertCheck:
         check = await account(ctx).check_alerts()
+        await runtime.observe(check)
         for alert in check.alerts:
             if alert.status == "triggered":
                 await warn_legacy_client(ctx.session, f"Alert {alert.name} triggered: {alert.message}")

@@ -143,8 +143,7 @@ class AlertStore:
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StateStoreError(
-                    f"The alert state file {self.path} stayed locked by another process for "
-                    f"{BUSY_TIMEOUT_MS / 1000:g} s; try again."
+                    f"The alert state file {self.path} is locked by another process; try again in a moment."
                 ) from None
             raise StateStoreError(f"The alert state file {self.path} cannot be used: {exc}.") from None
         except sqlite3.DatabaseError:
@@ -164,12 +163,31 @@ class AlertStore:
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.executescript(SCHEMA)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._initialise(db)
             yield db
         finally:
             db.close()
+
+    @staticmethod
+    def _initialise(db: sqlite3.Connection) -> None:
+        """Create the tables and switch to WAL, even when several processes open a new file at once.
+
+        The version is recorded only once WAL is on: switching fails at once (no busy wait) while another process
+        has the file open, and then a later open tries again.
+        """
+        import sqlite3
+
+        db.execute("BEGIN IMMEDIATE")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("COMMIT")
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError:
+            return
+        if mode == "wal":
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _set_aside_message(self) -> str:
         """Keep one copy of an unreadable state file (named by its content hash) and say where both are."""

@@ -100,8 +100,9 @@ def stdio_params(settings: Settings, **extra_env: str) -> StdioServerParameters:
 
 
 @asynccontextmanager
-async def in_memory(settings: Settings, mode: str = "auto") -> AsyncIterator[Client]:
-    async with Client(build_server(AccountRuntime(settings)), mode=mode) as client:  # type: ignore[arg-type]
+async def in_memory(settings: Settings, mode: str = "auto", **options: Any) -> AsyncIterator[Client]:
+    """A Client connected in memory to a server built from `settings`; `options` go to the Client."""
+    async with Client(build_server(AccountRuntime(settings)), mode=mode, **options) as client:
         yield client
 
 

@@ -1,0 +1,114 @@
+"""The command line as users and cron run it: the installed console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import console_script, record, server_env, settings_for
+
+from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
+
+EXIT_OK, EXIT_TRIGGERED, EXIT_CANNOT_RUN = 0, 1, 2
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the console script with a clean environment plus `env`; record everything it printed."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith("TENSORFEED")}
+    done = subprocess.run(
+        [console_script(), *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+    record(done.stdout)
+    record(done.stderr)
+    return done
+
+
+@pytest.mark.parametrize("args", [[], ["serve"], ["check"], ["sandbox"], ["demo"]])
+def test_help_everywhere(args: list[str]) -> None:
+    done = run(*args, "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: tensorfeed-mcp")
+
+
+def test_version() -> None:
+    assert re.fullmatch(r"tensorfeed-mcp \d+\.\d+\.\d+\n", run("--version").stdout)
+
+
+def test_check_exits_0_when_nothing_is_triggered(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    env = server_env(settings_for(sandbox, tmp_path)) | {"TENSORFEED_ALERT_BALANCE_BELOW": "10"}
+    done = run("check", env=env)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert re.search(r"env:balance_below\s+ok", done.stdout)
+    assert f"Balance {sandbox.control.account('busy')['balance']} credits" in done.stdout
+
+
+def test_check_exits_1_when_a_rule_is_triggered_and_prints_json(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    env = server_env(settings_for(sandbox, tmp_path, account="low")) | {"TENSORFEED_ALERT_RUNWAY_BELOW_HOURS": "24"}
+    done = run("check", "--json", env=env)
+    assert done.returncode == EXIT_TRIGGERED, done.stderr
+    check = json.loads(done.stdout)
+    assert check["triggered"] == 1 and check["balance"] == 12
+    assert check["alerts"][0]["name"] == "env:runway_below_hours" and check["alerts"][0]["status"] == "triggered"
+    table = run("check", env=env)
+    assert table.returncode == EXIT_TRIGGERED and re.search(
+        r"env:runway_below_hours\s+triggered\s+critical", table.stdout
+    )
+
+
+def test_check_exits_2_when_it_cannot_check(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    env = server_env(settings_for(sandbox, tmp_path, token=None))
+    no_token = run("check", env=env)
+    assert no_token.returncode == EXIT_CANNOT_RUN and "TENSORFEED_TOKEN" in no_token.stderr
+    assert no_token.stdout == ""
+
+    down = run("check", env=env | {"TENSORFEED_TOKEN": DEMO_TOKENS["busy"], "TENSORFEED_API_URL": "http://127.0.0.1:9"})
+    assert down.returncode == EXIT_CANNOT_RUN and "Could not connect" in down.stderr
+
+    revoked = run("check", env=env | {"TENSORFEED_TOKEN": "tf_live_" + "f" * 64})
+    assert revoked.returncode == EXIT_CANNOT_RUN and "token not recognised: revoked or mistyped" in revoked.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("TENSORFEED_TIMEOUT_SECONDS", "soon", "TENSORFEED_TIMEOUT_SECONDS"),
+        ("TENSORFEED_CACHE_SECONDS", "-1", "TENSORFEED_CACHE_SECONDS"),
+        ("TENSORFEED_ALERT_POLL_SECONDS", "5", "at least 30"),
+        ("TENSORFEED_ALERT_BALANCE_BELOW", "lots", "TENSORFEED_ALERT_BALANCE_BELOW"),
+        ("TENSORFEED_ALERT_DAILY_CAP_PCT_ABOVE", "250", "from 1 to 100"),
+    ],
+)
+def test_bad_settings_are_named_at_start(tmp_path: Path, name: str, value: str, fragment: str) -> None:
+    done = run("check", env={"TENSORFEED_MCP_STATE_DIR": str(tmp_path), name: value})
+    assert done.returncode == EXIT_CANNOT_RUN and fragment in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_sandbox_command_serves_and_prints_the_demo_tokens() -> None:
+    process = subprocess.Popen(
+        [console_script(), "sandbox", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(2 + len(DEMO_TOKENS))]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    text = "".join(lines)
+    assert re.search(r"TensorFeed sandbox serving at http://127\.0\.0\.1:\d+/api", text)
+    for name, token in DEMO_TOKENS.items():
+        assert f"{name:5} {token}" in text
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    done = run("demo", timeout=120)
+    assert done.returncode == EXIT_OK, done.stderr
+    for tool in ("get_account_balance", "get_account_usage", "get_payment_history", "get_spend_cap"):
+        assert f"== {tool}" in done.stdout
+    assert "Balance: 1,840 credits" in done.stdout
+    assert re.search(r"balance_below\s+triggered", done.stdout)
+    assert "Cap restored to 200" in done.stdout
+    assert "Warning" not in done.stderr  # no deprecation noise for the user

@@ -1,0 +1,72 @@
+"""The installed console script as a real stdio subprocess, driven by the SDK's Client in both protocol eras."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MODES, Caller, read_recorded, settings_for, stdio_params
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_tool_over_stdio(fresh_sandbox: RunningSandbox, tmp_path: Path, mode: str) -> None:
+    account = fresh_sandbox.control.account("busy")
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("w") as errlog:
+        params = stdio_params(settings_for(fresh_sandbox, tmp_path / "state"))
+        async with Client(stdio_client(params, errlog=errlog), mode=mode) as client:
+            assert (client.protocol_version == "2026-07-28") == (mode != "legacy")
+            caller = Caller(client)
+            assert (await caller.ok("get_account_balance"))["balance"] == account["balance"]
+            usage = await caller.ok("get_account_usage", endpoint="directory")
+            assert [row["endpoint"] for row in usage["by_endpoint"]] == ["/api/premium/agents/directory"]
+            history = await caller.ok("get_payment_history")
+            assert [p["tx_hash"] for p in history["purchases"]] == [p["tx_hash"] for p in account["purchases"]]
+            assert (await caller.ok("get_spend_cap"))["daily_spent"] == account["spent_today"]
+            changed = await caller.ok("set_spend_cap", daily_cap=999)
+            assert (changed["previous_cap"], changed["daily_cap"]) == (200, 999)
+            saved = await caller.ok("set_spend_alert", kind="balance_below", threshold=account["balance"] + 1)
+            assert saved["action"] == "created"
+            check = await caller.ok("check_spend_alerts")
+            assert [(a["name"], a["status"]) for a in check["alerts"]] == [("balance_below", "triggered")]
+            assert (await caller.ok("delete_spend_alert", name="balance_below"))["rules"] == []
+            assert "No alert named 'balance_below'" in await caller.error("delete_spend_alert", name="balance_below")
+    assert fresh_sandbox.control.account("busy")["daily_cap"] == 999
+    log = read_recorded(stderr)
+    assert DEMO_TOKENS["busy"] not in log
+
+
+async def test_serve_stdio_and_python_m_are_the_same_server(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    settings = settings_for(sandbox, tmp_path)
+    base = stdio_params(settings)
+    variants = [
+        StdioServerParameters(command=base.command, args=["serve", "--transport", "stdio"], env=base.env),
+        StdioServerParameters(command=sys.executable, args=["-m", "tensorfeed_mcp"], env=base.env),
+    ]
+    for params in variants:
+        with (tmp_path / "stderr.log").open("w") as errlog:
+            async with Client(stdio_client(params, errlog=errlog), mode="legacy") as client:
+                balance = await Caller(client).ok("get_account_balance")
+        assert balance["balance"] == sandbox.control.account("busy")["balance"]
+        read_recorded(tmp_path / "stderr.log")
+
+
+async def test_a_bad_token_over_stdio_is_an_error_result_and_the_server_keeps_serving(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    params = stdio_params(settings_for(sandbox, tmp_path, token="sk_live_notatensorfeedtoken"))
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            caller = Caller(client)
+            message = await caller.error("get_account_balance")
+            assert "must start with 'tf_live_'" in message and "No request was sent" in message
+            assert "sk_live_notatensorfeedtoken" not in message
+            assert len((await client.list_tools()).tools) == 8
+    assert "sk_live_notatensorfeedtoken" not in read_recorded(tmp_path / "stderr.log")

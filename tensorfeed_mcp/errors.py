@@ -57,7 +57,10 @@ class UpstreamError(TensorFeedError):
 
 class TokenRequiredError(UpstreamError):
     def __init__(self) -> None:
-        super().__init__("TensorFeed answered 401 token_required: the request carried no usable token.")
+        super().__init__(
+            "TensorFeed answered 401 token_required: the request carried no usable token. "
+            "Check that TENSORFEED_TOKEN holds your whole tf_live_ token."
+        )
 
 
 class TokenNotRecognisedError(UpstreamError):
@@ -70,8 +73,9 @@ class TokenNotRecognisedError(UpstreamError):
 
 class PaymentRequiredError(UpstreamError):
     def __init__(self, detail: str) -> None:
+        said = f" (the service said{detail})" if detail else ""
         super().__init__(
-            f"TensorFeed answered 402 payment required{detail}: the token has no credits left for this. "
+            f"TensorFeed answered 402 payment required{said}: the token has no credits left for this. "
             "Top up at https://tensorfeed.ai."
         )
 

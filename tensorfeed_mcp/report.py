@@ -61,7 +61,7 @@ def format_spend_cap(cap: SpendCap) -> str:
 
 def format_alert_check(check: AlertCheck) -> str:
     rows = [(a.name, a.status, a.severity, a.observed, a.threshold, a.message) for a in check.alerts]
-    runway = f"{check.runway_hours:,.1f} h" if check.runway_hours is not None else "not running out"
+    runway = f"{check.runway_hours:g} h" if check.runway_hours is not None else "not running out"
     spent = "-" if check.daily_spent is None else f"{check.daily_spent:,}"
     bound = "" if check.daily_spent_complete else " (at least)"
     summary = (

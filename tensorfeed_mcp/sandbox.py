@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 RING_BUFFER_SIZE = 100
 RECENT_SHOWN = 25
 MAX_CAP = 1_000_000
-FAULT_MODES = ("500", "503", "429", "slow", "html", "truncated", "oversized", "drop", "flaky")
+FAULT_MODES = ("401", "402", "500", "503", "429", "slow", "html", "truncated", "oversized", "drop", "flaky")
 OVERSIZED_BYTES = 2 * 1024 * 1024 + 4096
 
 
@@ -161,6 +161,7 @@ class Sandbox:
         self.offset = timedelta()
         self.accounts = seed_accounts(self.now())
         self.requests: Counter[str] = Counter()
+        self.user_agents: Counter[str] = Counter()
         self.fault: Fault | None = None
 
     def now(self) -> datetime:
@@ -174,17 +175,23 @@ class Sandbox:
             raise KeyError(f"no sandbox account {name!r}; there are: {', '.join(self.accounts)}")
         return self.accounts[name]
 
-    def count(self, path: str) -> None:
+    def count(self, path: str, user_agent: str) -> None:
         with self._lock:
             self.requests[path] += 1
+            self.user_agents[user_agent] += 1
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"requests": sum(self.requests.values()), "by_path": dict(self.requests)}
+            return {
+                "requests": sum(self.requests.values()),
+                "by_path": dict(self.requests),
+                "user_agents": dict(self.user_agents),
+            }
 
     def reset_stats(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.user_agents.clear()
 
     def advance(self, seconds: float) -> datetime:
         with self._lock:
@@ -435,7 +442,8 @@ class _FaultInjector:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             await self.app(scope, receive, send)
             return
-        self.sandbox.count(scope["path"])
+        user_agent = dict(scope["headers"]).get(b"user-agent", b"").decode(errors="replace")
+        self.sandbox.count(scope["path"], user_agent)
         fault = self.sandbox.take_fault()
         if fault is None:
             await self.app(scope, receive, send)
@@ -448,8 +456,9 @@ class _FaultInjector:
             await send({"type": "http.response.body", "body": b'{"ok": true, "bal', "more_body": True})
         else:
             status, content_type, body, extra = _fault_response(fault)
-            headers = _headers(content_type, len(body)) + extra
-            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send(
+                {"type": "http.response.start", "status": status, "headers": _headers(content_type, len(body)) + extra}
+            )
             await send({"type": "http.response.body", "body": body})
 
 
@@ -459,6 +468,11 @@ def _headers(content_type: str, length: int) -> list[tuple[bytes, bytes]]:
 
 def _fault_response(fault: Fault) -> tuple[int, str, bytes, list[tuple[bytes, bytes]]]:
     json_type = "application/json"
+    if fault.mode == "401":
+        return 401, json_type, b'{"ok": false, "error": "token_required"}', []
+    if fault.mode == "402":
+        body = b'{"ok": false, "error": "insufficient_credits", "message": "This call needs 5 credits; 2 left."}'
+        return 402, json_type, body, []
     if fault.mode in ("500", "503", "flaky"):
         status = 500 if fault.mode == "500" else 503
         return status, json_type, b'{"ok": false, "error": "internal_error"}', []

@@ -12,6 +12,7 @@ import pytest
 from conftest import MODES, Caller, in_memory, record, settings_for
 from mcp.types import TextResourceContents
 
+from tensorfeed_mcp import __version__
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
 
 pytestmark = pytest.mark.anyio
@@ -229,3 +230,29 @@ async def test_without_a_token_the_server_lists_tools_and_explains(
         assert len((await client.list_tools()).tools) == len(TOOLS)
         message = await Caller(client).error("get_account_balance")
     assert "TENSORFEED_TOKEN" in message and "tensorfeed.ai" in message
+
+
+@pytest.mark.parametrize(
+    ("mode", "fragment"),
+    [
+        ("401", "401 token_required: the request carried no usable token"),
+        ("402", "402 payment required (the service said: This call needs 5 credits; 2 left.): the token has no"),
+    ],
+)
+async def test_refusals_by_the_service_are_explained(
+    sandbox: RunningSandbox, tmp_path: Path, mode: str, fragment: str
+) -> None:
+    async with in_memory(settings_for(sandbox, tmp_path)) as client:
+        caller = Caller(client)
+        sandbox.control.reset_stats()
+        sandbox.control.set_fault(mode, count=1)
+        assert fragment in await caller.error("get_account_balance")
+        assert sandbox.control.upstream_requests() == 1  # not retryable: one request
+        assert (await caller.ok("get_account_balance"))["balance"] == 1840
+
+
+async def test_requests_identify_the_client(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    sandbox.control.reset_stats()
+    async with in_memory(settings_for(sandbox, tmp_path)) as client:
+        await Caller(client).ok("get_account_balance")
+    assert sandbox.control.stats()["user_agents"] == {f"tensorfeed-mcp/{__version__}": 1}

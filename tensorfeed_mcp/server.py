@@ -20,7 +20,8 @@ from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp.types import INVALID_PARAMS, EmptyResult, SubscribeRequestParams, ToolAnnotations, UnsubscribeRequestParams
-from pydantic import Field
+from pydantic import Field, StrictFloat, StrictInt, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from tensorfeed_mcp import __version__
 from tensorfeed_mcp.account import AccountService
@@ -77,6 +78,18 @@ async def warn_legacy_client(session: ServerSession, message: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         await session.send_log_message("warning", message)
+
+
+def explained(message: str) -> WrapValidator:
+    """Replace pydantic's generic complaint about a tool argument with one that says what is accepted."""
+
+    def validate(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("invalid_argument", message) from None
+
+    return WrapValidator(validate)
 
 
 tool_errors = reported_as(ToolError)
@@ -257,7 +270,9 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     async def set_spend_cap(
         ctx: Context[AccountService],
         daily_cap: Annotated[
-            int | None, Field(description="Credits per UTC day, 1 to 1,000,000; null or 0 clears the cap.")
+            StrictInt | None,
+            explained("daily_cap must be a whole number of credits from 1 to 1,000,000, or null or 0 to clear it."),
+            Field(description="Credits per UTC day, 1 to 1,000,000; null or 0 clears the cap."),
         ],
     ) -> SpendCapChange:
         return await account(ctx).set_spend_cap(daily_cap)
@@ -276,7 +291,11 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     async def set_spend_alert(
         ctx: Context[AccountService],
         kind: Annotated[str, Field(description=f"One of: {KINDS_HELP}.")],
-        threshold: Annotated[float, Field(description="In the kind's unit: credits, percent or hours.")],
+        threshold: Annotated[
+            StrictFloat,
+            explained(f"threshold must be a finite number in the kind's unit; kinds: {KINDS_HELP}."),
+            Field(description="In the kind's unit: credits, percent or hours."),
+        ],
         name: Annotated[str | None, Field(description="Up to 64 characters; defaults to the kind.")] = None,
     ) -> AlertRuleSaved:
         return await account(ctx).set_alert(kind, threshold, name)

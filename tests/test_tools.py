@@ -169,18 +169,6 @@ async def test_set_spend_cap_sets_and_clears_it_upstream(fresh_sandbox: RunningS
         assert (await caller.ok("get_spend_cap"))["daily_cap"] is None
 
 
-async def test_bad_caps_are_refused_before_anything_is_sent(sandbox: RunningSandbox, tmp_path: Path) -> None:
-    async with in_memory(settings_for(sandbox, tmp_path)) as client:
-        caller = Caller(client)
-        sandbox.control.reset_stats()
-        for bad in (-1, 1_000_001):
-            assert "1 to 1,000,000" in await caller.error("set_spend_cap", daily_cap=bad)
-        for bad in (1.5, "abc", [200]):
-            assert "daily_cap" in await caller.error("set_spend_cap", daily_cap=bad)
-        assert sandbox.control.upstream_requests() == 0
-        assert (await caller.ok("get_spend_cap"))["daily_cap"] == 200  # still serving, nothing changed
-
-
 async def test_a_new_account_has_empty_usage_and_no_cap(sandbox: RunningSandbox, tmp_path: Path) -> None:
     async with in_memory(settings_for(sandbox, tmp_path, account="new")) as client:
         caller = Caller(client)

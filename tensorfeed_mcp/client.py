@@ -98,12 +98,7 @@ class TensorFeedClient:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._http = httpx2.AsyncClient(
-            base_url=settings.api_url + "/",
-            headers={"User-Agent": f"tensorfeed-mcp/{__version__}", "Accept": "application/json"},
-            timeout=settings.timeout_seconds,
-            follow_redirects=False,
-        )
+        self._http: httpx2.AsyncClient | None = None
         self._cache: dict[str, _Answer] = {}
         self._flights: dict[str, _Flight] = {}
 
@@ -111,7 +106,19 @@ class TensorFeedClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+
+    def _connection(self) -> httpx2.AsyncClient:
+        """The HTTP client, made on first use: its TLS setup takes tens of milliseconds the start-up need not wait."""
+        if self._http is None:
+            self._http = httpx2.AsyncClient(
+                base_url=self._settings.api_url + "/",
+                headers={"User-Agent": f"tensorfeed-mcp/{__version__}", "Accept": "application/json"},
+                timeout=self._settings.timeout_seconds,
+                follow_redirects=False,
+            )
+        return self._http
 
     async def balance(self) -> Fetched[BalancePayload]:
         return await self._read("payment/balance", BalancePayload)
@@ -203,7 +210,9 @@ class TensorFeedClient:
         headers = {"Authorization": f"Bearer {token}"}
         try:
             with anyio.fail_after(timeout):
-                async with self._http.stream(method, path, json=body, headers=headers, timeout=timeout) as response:
+                async with self._connection().stream(
+                    method, path, json=body, headers=headers, timeout=timeout
+                ) as response:
                     raw = await self._read_capped(response)
         except TimeoutError:
             raise UpstreamTimeoutError(f"TensorFeed did not answer within {timeout:.3g} s.") from None

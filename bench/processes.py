@@ -34,7 +34,7 @@ def _first_url(stream: IO[str], process: subprocess.Popen[str]) -> str:
         if found:
             threading.Thread(target=stream.read, daemon=True).start()
             return found.group(1)
-    raise RuntimeError(f"{process.args} exited ({process.wait()}) before printing its URL")
+    raise RuntimeError(f"{process.args!r} exited ({process.wait()}) before printing its URL")
 
 
 @contextmanager

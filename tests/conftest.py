@@ -131,8 +131,9 @@ class Caller:
         assert result.structured_content is not None
         schema = (await self.schemas())[tool]
         assert schema, f"{tool} publishes no outputSchema"
-        jsonschema.validate(result.structured_content, schema)
-        return result.structured_content
+        structured: dict[str, Any] = result.structured_content
+        jsonschema.validate(structured, schema)
+        return structured
 
     async def error(self, tool: str, **arguments: Any) -> str:
         """The message of a call that must fail as a tool error (isError), not a protocol error."""

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,13 @@ def sandbox() -> Iterator[RunningSandbox]:
 def fresh_sandbox() -> Iterator[RunningSandbox]:
     with running_sandbox() as running:
         yield running
+
+
+def move_to_midday(sandbox: RunningSandbox) -> None:
+    """Move the sandbox's clock to the next 12:00 UTC, so a test about 'today' cannot straddle midnight."""
+    now = sandbox.control.now()
+    midday = datetime.combine(now.date() + timedelta(days=1), time(12), tzinfo=UTC)
+    sandbox.control.advance_clock((midday - now).total_seconds())
 
 
 def settings_for(sandbox: RunningSandbox, state_dir: Path, account: str = "busy", **overrides: Any) -> Settings:

@@ -63,6 +63,13 @@ FAULTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], list[str], int | No
 }
 
 
+async def timed_error(caller: Caller, tool: str, **arguments: Any) -> tuple[str, float]:
+    """The message of a call that must fail, and how many seconds it took."""
+    started = time.monotonic()
+    message = await caller.error(tool, **arguments)
+    return message, time.monotonic() - started
+
+
 @pytest.mark.parametrize("case", list(FAULTS))
 async def test_each_fault_is_an_error_with_its_own_message_and_the_next_call_recovers(
     sandbox: RunningSandbox, tmp_path: Path, case: str
@@ -73,9 +80,7 @@ async def test_each_fault_is_an_error_with_its_own_message_and_the_next_call_rec
         caller = Caller(client)
         before = sandbox.control.upstream_requests()
         sandbox.control.set_fault(mode, **options)
-        started = time.monotonic()
-        message = await caller.error("get_account_balance")
-        elapsed = time.monotonic() - started
+        message, elapsed = await timed_error(caller, "get_account_balance")
         sandbox.control.clear_fault()
         made = requests_made(sandbox, before)
 
@@ -104,9 +109,7 @@ async def test_a_slow_upstream_gives_up_within_the_deadline_after_retrying(
         caller = Caller(client)
         before = sandbox.control.upstream_requests()
         sandbox.control.set_fault("slow", delay_seconds=2.0)
-        started = time.monotonic()
-        message = await caller.error("get_spend_cap")
-        elapsed = time.monotonic() - started
+        message, elapsed = await timed_error(caller, "get_spend_cap")
     assert "did not answer within" in message
     assert elapsed < settings.deadline_seconds + DEADLINE_MARGIN_SECONDS
     assert elapsed >= settings.timeout_seconds  # it did wait for the answer
@@ -120,9 +123,7 @@ async def test_a_silent_upstream_gives_up_within_the_deadline(sandbox: RunningSa
         settings = settings_for(sandbox, tmp_path, api_url=f"http://127.0.0.1:{port}/api", timeout_seconds=0.5)
         async with in_memory(settings) as client:
             caller = Caller(client)
-            started = time.monotonic()
-            message = await caller.error("get_account_usage")
-            elapsed = time.monotonic() - started
+            message, elapsed = await timed_error(caller, "get_account_usage")
     assert "did not answer within" in message
     assert elapsed < settings.deadline_seconds + DEADLINE_MARGIN_SECONDS
 
@@ -134,9 +135,7 @@ async def test_connection_refused_says_it_could_not_connect_within_the_deadline(
     settings = settings_for(sandbox, tmp_path, api_url=f"http://127.0.0.1:{port}/api", timeout_seconds=0.5)
     async with in_memory(settings) as client:
         caller = Caller(client)
-        started = time.monotonic()
-        message = await caller.error("get_account_balance")
-        elapsed = time.monotonic() - started
+        message, elapsed = await timed_error(caller, "get_account_balance")
     assert "Could not connect to TensorFeed" in message
     assert f"127.0.0.1:{port}" in message and "TENSORFEED_API_URL" in message
     assert "attempts" in message  # connection failures are retried

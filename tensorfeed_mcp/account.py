@@ -40,7 +40,7 @@ class AccountService:
         self._settings = settings
         self._client = client
         self._env_rules = list(settings.env_alert_rules)
-        self._store = AlertStore(settings.resolved_state_dir() / "alerts.sqlite3")
+        self._alert_store: AlertStore | None = None
 
     @classmethod
     @asynccontextmanager
@@ -48,6 +48,13 @@ class AccountService:
         """An AccountService with its HTTP client, closed on exit."""
         async with TensorFeedClient(settings) as client:
             yield cls(settings, client)
+
+    @property
+    def _store(self) -> AlertStore:
+        """Made on first use: finding the platform's state folder imports platformdirs, which start-up need not."""
+        if self._alert_store is None:
+            self._alert_store = AlertStore(self._settings.resolved_state_dir() / "alerts.sqlite3")
+        return self._alert_store
 
     def _stamp(self, fetched: Fetched[Any]) -> dict[str, Any]:
         return {

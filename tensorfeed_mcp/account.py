@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -11,7 +12,7 @@ import anyio
 from tensorfeed_mcp.alerts import AccountSnapshot, evaluate_rules, make_rule, spend_figures
 from tensorfeed_mcp.client import Fetched, TensorFeedClient, validate_spend_cap
 from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint
-from tensorfeed_mcp.errors import InvalidInputError, UpstreamError
+from tensorfeed_mcp.errors import InvalidInputError, StateStoreError, UpstreamError, shown
 from tensorfeed_mcp.models import (
     AccountBalance,
     AccountUsage,
@@ -94,6 +95,7 @@ class AccountService:
             window_end=max((c.at for c in usage.recent), default=None),
             buffer_full=usage.total_calls >= 100,
             endpoint_filter=needle,
+            upstream_cut=usage.cut,
         )
 
     async def balance(self) -> AccountBalance:
@@ -118,11 +120,12 @@ class AccountService:
         data = fetched.data
         return PaymentHistory(
             **self._stamp(fetched),
-            purchases=[Purchase(**purchase.model_dump()) for purchase in data.purchases],
+            purchases=[Purchase(**purchase.model_dump(exclude={"cut"})) for purchase in data.purchases],
             purchase_count=data.purchase_count,
             total_purchased_usd=data.total_purchased_usd,
             total_credits_added=data.total_credits_added,
             current_balance=data.current_balance,
+            upstream_cut=data.cut,
         )
 
     def _spend_cap(self, fetched: Fetched[SpendCapPayload]) -> dict[str, Any]:
@@ -131,42 +134,55 @@ class AccountService:
     async def spend_cap(self) -> SpendCap:
         return SpendCap(**self._spend_cap(await self._client.spend_cap()))
 
-    async def set_spend_cap(self, daily_cap: int | None) -> SpendCapChange:
+    async def set_spend_cap(self, daily_cap: int) -> SpendCapChange:
         validate_spend_cap(daily_cap)  # before reading the current cap: a refused value sends nothing
+        return await self._change_spend_cap(lambda: self._client.set_spend_cap(daily_cap))
+
+    async def clear_spend_cap(self) -> SpendCapChange:
+        return await self._change_spend_cap(self._client.clear_spend_cap)
+
+    async def _change_spend_cap(self, change: Callable[[], Awaitable[Fetched[SpendCapPayload]]]) -> SpendCapChange:
         previous = await self._client.spend_cap()
-        changed = await self._client.set_spend_cap(daily_cap)
+        changed = await change()
         return SpendCapChange(**self._spend_cap(changed), previous_cap=previous.data.daily_cap)
+
+    def _fingerprint(self) -> str:
+        return token_fingerprint(self._settings.require_token())
 
     async def rules(self) -> list[AlertRule]:
         """Environment rules first, then the user's saved rules."""
-        fingerprint = token_fingerprint(self._settings.require_token())
-        saved = await anyio.to_thread.run_sync(self._store.list_rules, fingerprint)
+        saved = await anyio.to_thread.run_sync(self._store.list_rules, self._fingerprint())
         return [*self._env_rules, *saved]
 
     async def set_alert(self, kind: str, threshold: float, name: str | None) -> AlertRuleSaved:
         rule = make_rule(kind, threshold, name)
-        fingerprint = token_fingerprint(self._settings.require_token())
-        action = await anyio.to_thread.run_sync(self._store.save_rule, fingerprint, rule)
-        return AlertRuleSaved(rule=rule, action=action, rules=await self.rules())
+        action, saved = await anyio.to_thread.run_sync(self._store.save_rule, self._fingerprint(), rule)
+        return AlertRuleSaved(rule=rule, action=action, rule_count=len(self._env_rules) + saved)
 
     async def delete_alert(self, name: str) -> AlertRuleDeleted:
-        fingerprint = token_fingerprint(self._settings.require_token())
         if any(rule.name == name for rule in self._env_rules):
             raise InvalidInputError(
-                f"{name!r} comes from the environment (TENSORFEED_ALERT_*); remove the variable to remove it."
+                f"{shown(name)} comes from the environment (TENSORFEED_ALERT_*); remove the variable to remove it."
             )
-        if not await anyio.to_thread.run_sync(self._store.delete_rule, fingerprint, name):
-            names = ", ".join(rule.name for rule in await self.rules()) or "none"
-            raise InvalidInputError(f"No alert named {name!r}. Rules in force: {names}.")
-        return AlertRuleDeleted(deleted=name, rules=await self.rules())
+        deleted = await anyio.to_thread.run_sync(self._store.delete_rule, self._fingerprint(), name)
+        if deleted is None:
+            names = [rule.name for rule in await self.rules()]
+            listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+            raise InvalidInputError(f"No alert named {shown(name)}. Rules in force: {listed or 'none'}.")
+        rule, remaining = deleted
+        return AlertRuleDeleted(deleted=rule, rule_count=len(self._env_rules) + remaining)
 
     async def check_alerts(self) -> AlertCheck:
         """Fetch balance, usage and spend cap concurrently and evaluate every rule against them.
 
         A part that fails to load makes the rules that need it `unknown`; if all three fail, the error is raised.
         """
-        fingerprint = token_fingerprint(self._settings.require_token())
-        rules = await self.rules()
+        fingerprint = self._fingerprint()
+        state_error: str | None = None
+        try:
+            rules = await self.rules()
+        except StateStoreError as exc:  # the environment's rules need no file: evaluate those, and say why
+            rules, state_error = list(self._env_rules), str(exc)
         results: dict[str, Fetched[Any] | UpstreamError] = {}
 
         async def fetch(name: str, read: Callable[[], Awaitable[Fetched[Any]]]) -> None:
@@ -191,9 +207,13 @@ class AccountService:
         )
         figures = spend_figures(snapshot)
         verdicts = evaluate_rules(rules, snapshot, figures)
-        since = await anyio.to_thread.run_sync(
-            self._store.record_statuses, fingerprint, {v.name: v.status for v in verdicts}, snapshot.now
-        )
+        since: dict[str, datetime | None] = {}
+        try:
+            since = await anyio.to_thread.run_sync(
+                self._store.record_statuses, fingerprint, {v.name: v.status for v in verdicts}, snapshot.now
+            )
+        except StateStoreError as exc:
+            state_error = state_error or str(exc)
         oldest = min(fetched.values(), key=lambda value: value.as_of)
         return AlertCheck(
             **self._stamp(oldest),
@@ -206,4 +226,5 @@ class AccountService:
             burn_rate_credits_per_hour=figures.burn_rate_credits_per_hour,
             burn_rate_lookback_hours=figures.burn_rate_lookback_hours,
             runway_hours=figures.runway_hours,
+            state_error=state_error,
         )

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import math
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, get_args
 
-from tensorfeed_mcp.errors import InvalidInputError
-from tensorfeed_mcp.models import AlertKind, AlertRule, AlertStatus, AlertVerdict, SpendCapPayload, UsagePayload
+from tensorfeed_mcp.errors import InvalidInputError, shown
+from tensorfeed_mcp.models import (
+    AlertKind,
+    AlertRule,
+    AlertStatus,
+    AlertVerdict,
+    SpendCapPayload,
+    UsagePayload,
+    is_unsafe_char,
+)
 
 RING_BUFFER_SIZE = 100
 LOOKBACK_HOURS = 24.0
@@ -43,7 +50,7 @@ def make_rule(
 ) -> AlertRule:
     """Validate a rule request; raise InvalidInputError naming what is wrong and what is accepted."""
     if kind not in get_args(AlertKind):
-        raise InvalidInputError(f"Unknown alert kind {kind!r}. Use one of: {KINDS_HELP}.")
+        raise InvalidInputError(f"Unknown alert kind {shown(kind)}. Use one of: {KINDS_HELP}.")
     unit = UNITS[kind]
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
         raise InvalidInputError(f"threshold must be a finite number of {unit}, not {threshold!r}.")
@@ -68,8 +75,8 @@ def _check_name(name: str) -> None:
         raise InvalidInputError(
             f"An alert name may have at most {MAX_NAME_LENGTH} characters; this one has {len(name)}."
         )
-    if any(unicodedata.category(char) in ("Cc", "Cf") for char in name):
-        raise InvalidInputError("An alert name must not contain control or formatting characters.")
+    if any(is_unsafe_char(char) for char in name):
+        raise InvalidInputError("An alert name must not contain control, formatting or line separator characters.")
     if name.startswith(ENV_PREFIX):
         raise InvalidInputError(f"Names starting with {ENV_PREFIX!r} are reserved for rules set in the environment.")
 

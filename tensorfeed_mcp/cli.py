@@ -86,12 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from tensorfeed_mcp.server import AccountRuntime, build_server
+    from tensorfeed_mcp.server import AccountRuntime, build_server, serve_stdio
 
     transport = getattr(args, "transport", "stdio")
     if transport == "stdio":
-        runtime = AccountRuntime(settings)
-        build_server(runtime).run("stdio")
+        anyio.run(serve_stdio, build_server(AccountRuntime(settings)))
         return EXIT_OK
     if args.auth_token_file is not None:
         try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -25,8 +26,10 @@ from tensorfeed_mcp.errors import (
     InvalidResponseError,
     PaymentRequiredError,
     RateLimitedError,
+    RedirectedError,
     RequestRejectedError,
     ServerError,
+    SpendCapUncertainError,
     TokenNotRecognisedError,
     TokenRequiredError,
     UpstreamError,
@@ -76,20 +79,13 @@ class _Flight:
         self.error: UpstreamError | None = None
 
 
-def validate_spend_cap(daily_cap: int | None) -> int | None:
-    """Check a cap in the service's own terms: null or 0 clears it; else an integer from 1 to 1,000,000."""
-    if daily_cap is None:
-        return None
+def validate_spend_cap(daily_cap: object) -> int:
+    """A cap to set: an integer from 1 to 1,000,000. Clearing is a separate, explicit act (clear_spend_cap)."""
+    accepted = "Give a whole number of credits from 1 to 1,000,000; to remove the cap, use clear_spend_cap."
     if isinstance(daily_cap, bool) or not isinstance(daily_cap, int):
-        raise InvalidInputError(
-            f"daily_cap must be a whole number of credits or null, not {daily_cap!r}. "
-            "Give an integer from 1 to 1,000,000, or null or 0 to clear the cap."
-        )
-    if not 0 <= daily_cap <= MAX_SPEND_CAP:
-        raise InvalidInputError(
-            f"daily_cap {daily_cap} is out of range. "
-            "Give an integer from 1 to 1,000,000, or null or 0 to clear the cap."
-        )
+        raise InvalidInputError(f"daily_cap must be a whole number of credits. {accepted}")
+    if not 1 <= daily_cap <= MAX_SPEND_CAP:
+        raise InvalidInputError(f"daily_cap {daily_cap} is out of range. {accepted}")
     return daily_cap
 
 
@@ -132,13 +128,35 @@ class TensorFeedClient:
     async def spend_cap(self) -> Fetched[SpendCapPayload]:
         return await self._read("payment/spend-cap", SpendCapPayload)
 
-    async def set_spend_cap(self, daily_cap: int | None) -> Fetched[SpendCapPayload]:
-        """Set (or with None or 0, clear) the daily cap; validated locally first, the service decides."""
-        body = {"daily_cap": validate_spend_cap(daily_cap)}
-        # Setting a cap to a value is idempotent, so the POST may be retried like a read.
-        answer = await self._request("POST", "payment/spend-cap", body)
-        self._cache["payment/spend-cap"] = answer
+    async def set_spend_cap(self, daily_cap: int) -> Fetched[SpendCapPayload]:
+        """Set the daily cap; validated locally first (nothing is sent for a refused value), the service decides."""
+        return await self._change_spend_cap(validate_spend_cap(daily_cap))
+
+    async def clear_spend_cap(self) -> Fetched[SpendCapPayload]:
+        """Remove the daily cap."""
+        return await self._change_spend_cap(None)
+
+    async def _change_spend_cap(self, daily_cap: int | None) -> Fetched[SpendCapPayload]:
+        """POST the cap. A failure that may have reached the service is followed by one read of what it now holds,
+        and the error says what that is, so the user never has to guess whether the guard changed."""
+        path = "payment/spend-cap"
+        self._cache.pop(path, None)
+        try:
+            # Setting a cap to a value is idempotent, so the POST may be retried like a read.
+            answer = await self._request("POST", path, {"daily_cap": daily_cap})
+        except (ServerError, UpstreamTimeoutError, UpstreamUnavailableError, InvalidResponseError) as exc:
+            raise SpendCapUncertainError(exc, daily_cap, await self._cap_after_failure()) from None
+        self._cache[path] = answer
         return self._fetched(answer, SpendCapPayload)
+
+    async def _cap_after_failure(self) -> SpendCapPayload | None:
+        try:
+            answer = await self._request("GET", "payment/spend-cap")
+            fetched = self._fetched(answer, SpendCapPayload)
+        except UpstreamError:
+            return None
+        self._cache["payment/spend-cap"] = answer
+        return fetched.data
 
     async def _read(self, path: str, model: type[PayloadT]) -> Fetched[PayloadT]:
         """GET `path`: from the cache while fresh, else one upstream request shared by concurrent callers."""
@@ -173,10 +191,11 @@ class TensorFeedClient:
         try:
             data = model.model_validate(answer.payload)
         except ValidationError as exc:
-            fields = sorted({".".join(str(part) for part in err["loc"]) for err in exc.errors()})
+            fields = sorted({clean_upstream_text(".".join(map(str, err["loc"])), 60) for err in exc.errors()})
+            shown_fields = ", ".join(fields[:5]) + (f" and {len(fields) - 5} more" if len(fields) > 5 else "")
             raise InvalidResponseError(
-                f"TensorFeed's answer did not have the expected shape (problem with: {', '.join(fields)}). "
-                "The service may have changed; please report this."
+                f"TensorFeed's answer had values of the wrong kind (problem with: {shown_fields}): numbers must be "
+                "numbers and timestamps must carry a time zone. The service may have changed; please report this."
             ) from None
         age = max(0.0, anyio.current_time() - answer.received_at)
         return Fetched(data=data, as_of=answer.as_of, age_seconds=round(age, 3))
@@ -214,9 +233,10 @@ class TensorFeedClient:
                     method, path, json=body, headers=headers, timeout=timeout
                 ) as response:
                     raw = await self._read_capped(response)
-        except TimeoutError:
-            raise UpstreamTimeoutError(f"TensorFeed did not answer within {timeout:.3g} s.") from None
-        except httpx2.TimeoutException:
+            return self._interpret(response, raw)
+        except UpstreamError:
+            raise
+        except (TimeoutError, httpx2.TimeoutException):
             raise UpstreamTimeoutError(f"TensorFeed did not answer within {timeout:.3g} s.") from None
         except httpx2.ConnectError:
             raise UpstreamUnavailableError(
@@ -227,7 +247,16 @@ class TensorFeedClient:
             raise UpstreamUnavailableError(
                 "The connection to TensorFeed dropped before the answer was complete. Try again shortly."
             ) from None
-        return self._interpret(response, raw)
+        except httpx2.DecodingError:
+            raise InvalidResponseError(
+                "TensorFeed's answer could not be decoded (its compression was broken). Try again shortly."
+            ) from None
+        except Exception as exc:
+            # The exception's own text may quote the request, token included: name only its kind.
+            raise UpstreamUnavailableError(
+                f"Talking to TensorFeed failed unexpectedly ({type(exc).__name__}). Try again shortly; if it "
+                "persists, check TENSORFEED_API_URL."
+            ) from None
 
     async def _read_capped(self, response: httpx2.Response) -> bytes:
         declared = response.headers.get("content-length", "")
@@ -246,14 +275,22 @@ class TensorFeedClient:
         status = response.status_code
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         is_json = content_type == "application/json" or content_type.endswith("+json")
+        if 300 <= status < 400:
+            location = urlsplit(response.headers.get("location", ""))
+            raise RedirectedError(status, clean_upstream_text(location.hostname or "", 100))
         payload: Any = None
         if is_json:
             try:
-                payload = json.loads(raw)
-            except ValueError:
+                payload = json.loads(raw, parse_constant=_refuse_constant)
+            except RecursionError:
+                raise InvalidResponseError(
+                    "TensorFeed's answer was JSON nested too deeply to read; this is not a normal account answer."
+                ) from None
+            except ValueError as exc:
                 if status < 400:
+                    problem = str(exc) if isinstance(exc, _NotANumber) else "it was cut short or corrupted"
                     raise InvalidResponseError(
-                        "TensorFeed's answer was not valid JSON (it was cut short or corrupted). Try again shortly."
+                        f"TensorFeed's answer was not valid JSON ({problem}). Try again shortly."
                     ) from None
         code, detail = _error_fields(payload)
         if status == 401:
@@ -277,6 +314,14 @@ class TensorFeedClient:
         if not isinstance(payload, dict) or payload.get("ok") is not True:
             raise InvalidResponseError("TensorFeed's answer did not say ok. Try again shortly.")
         return _Answer(payload=payload, as_of=_service_time(response), received_at=anyio.current_time())
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotANumber(f"it holds {name}, which is not a number JSON allows")
 
 
 def _too_large() -> InvalidResponseError:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tensorfeed_mcp.alerts import make_rule
 from tensorfeed_mcp.errors import ConfigurationError, InvalidInputError, TokenFormatError, TokenMissingError
@@ -14,7 +17,12 @@ from tensorfeed_mcp.models import AlertRule
 
 DEFAULT_API_URL = "https://tensorfeed.ai/api"
 TOKEN_PREFIX = "tf_live_"
+TOKEN_PATTERN = re.compile(r"tf_live_[0-9a-f]{64}")
+# Anything that looks like a token, complete or not, for redaction from logs.
+TOKEN_LIKE = re.compile(r"tf_live_[^\s\"'<>,;]*")
 MIN_ALERT_POLL_SECONDS = 30.0
+DEFAULT_MAX_SESSIONS = 32
+DEFAULT_SESSION_IDLE_SECONDS = 30 * 60.0
 
 # Environment variable -> alert kind, for rules that come from the environment.
 ENV_ALERT_RULES: dict[str, str] = {
@@ -37,6 +45,8 @@ class Settings:
     alert_poll_seconds: float | None = None
     env_alert_rules: tuple[AlertRule, ...] = ()
     mcp_auth_token: str | None = field(default=None, repr=False)
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    session_idle_seconds: float = DEFAULT_SESSION_IDLE_SECONDS
 
     @property
     def deadline_seconds(self) -> float:
@@ -55,7 +65,7 @@ class Settings:
         """The token, or a ConfigurationError that says how to get one right. Nothing is sent first."""
         if not self.token:
             raise TokenMissingError()
-        if not self.token.startswith(TOKEN_PREFIX):
+        if not TOKEN_PATTERN.fullmatch(self.token):
             raise TokenFormatError()
         return self.token
 
@@ -71,6 +81,68 @@ def _number(environ: Mapping[str, str], name: str, default: float | None, *, min
     if not value >= minimum or value == float("inf"):
         raise ConfigurationError(f"{name}={raw!r} is out of range; give a finite number of at least {minimum:g}.")
     return value
+
+
+def _token(environ: Mapping[str, str]) -> str | None:
+    """The token with surrounding whitespace dropped; one with whitespace or control characters inside is refused."""
+    token = environ.get("TENSORFEED_TOKEN", "").strip()
+    if any(char.isspace() or not char.isprintable() for char in token):
+        raise ConfigurationError(
+            "TENSORFEED_TOKEN contains spaces, line breaks or other control characters (often from a bad paste), "
+            "so it was not used. Paste the token again as one line: tf_live_ followed by 64 hex characters."
+        )
+    return token or None
+
+
+def _api_url(environ: Mapping[str, str]) -> str:
+    """TENSORFEED_API_URL checked: http(s), a host, a valid port, and TLS unless the host is this machine."""
+    raw = environ.get("TENSORFEED_API_URL", "").strip() or DEFAULT_API_URL
+    shown = raw if len(raw) <= 80 else raw[:80] + "…"
+    accepted = "Give an address like https://tensorfeed.ai/api."
+    bad_port = f"TENSORFEED_API_URL={shown!r} has an invalid port; use 1 to 65535. {accepted}"
+    parts = urlsplit(raw)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(bad_port) from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigurationError(f"TENSORFEED_API_URL={shown!r} must start with https:// (or http://). {accepted}")
+    if not parts.hostname:
+        raise ConfigurationError(f"TENSORFEED_API_URL={shown!r} names no host. {accepted}")
+    if port == 0:
+        raise ConfigurationError(bad_port)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(f"TENSORFEED_API_URL must not carry a user name or password. {accepted}")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"TENSORFEED_API_URL={shown!r} must not have a query or fragment. {accepted}")
+    insecure_allowed = environ.get("TENSORFEED_ALLOW_INSECURE_HTTP", "").strip() == "1"
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure_allowed:
+        raise ConfigurationError(
+            f"TENSORFEED_API_URL={shown!r} uses plain http to another machine, so the token would cross the "
+            "network unencrypted. Use https://, or set TENSORFEED_ALLOW_INSECURE_HTTP=1 if you really mean it."
+        )
+    return raw.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1): traffic that never leaves this machine."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _count(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise ConfigurationError(f"{name}={raw[:20]!r} is not a whole number of at least {minimum}.")
+    return int(raw)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -95,14 +167,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 raise ConfigurationError(f"{name}={raw!r} is not a usable alert threshold: {reason}") from None
     state_dir = env.get("TENSORFEED_MCP_STATE_DIR", "").strip()
     return Settings(
-        token=env.get("TENSORFEED_TOKEN", "").strip() or None,
-        api_url=(env.get("TENSORFEED_API_URL", "").strip() or DEFAULT_API_URL).rstrip("/"),
+        token=_token(env),
+        api_url=_api_url(env),
         timeout_seconds=_number(env, "TENSORFEED_TIMEOUT_SECONDS", 10.0, minimum=0.1) or 10.0,
         cache_seconds=_number(env, "TENSORFEED_CACHE_SECONDS", 5.0, minimum=0) or 0.0,
         state_dir=Path(state_dir).expanduser() if state_dir else None,
         alert_poll_seconds=poll,
         env_alert_rules=tuple(rules),
         mcp_auth_token=env.get("TENSORFEED_MCP_AUTH_TOKEN", "").strip() or None,
+        max_sessions=_count(env, "TENSORFEED_MCP_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, minimum=1),
+        session_idle_seconds=_number(
+            env, "TENSORFEED_MCP_SESSION_IDLE_SECONDS", DEFAULT_SESSION_IDLE_SECONDS, minimum=10
+        )
+        or DEFAULT_SESSION_IDLE_SECONDS,
     )
 
 
@@ -116,3 +193,40 @@ def mask_token(token: str) -> str:
 def token_fingerprint(token: str) -> str:
     """A stable key for local state that cannot be turned back into the token."""
     return hashlib.sha256(b"tensorfeed-mcp:" + token.encode()).hexdigest()[:24]
+
+
+def redact_secrets(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with anything shaped like a token, and each given secret, replaced by a marker."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return TOKEN_LIKE.sub("tf_live_[redacted]", text)
+
+
+class SecretRedactor(logging.Filter):
+    """Rewrites each record, traceback included, so no token or secret reaches a log handler."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        super().__init__()
+        self._secrets = [secret for secret in secrets if secret]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_secrets(record.getMessage(), self._secrets)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_secrets(record.exc_text, self._secrets)
+        if record.stack_info:
+            record.stack_info = redact_secrets(record.stack_info, self._secrets)
+        return True
+
+
+def redact_logs(settings: Settings) -> None:
+    """Put a SecretRedactor on every handler now configured (ours, and uvicorn's once it has set up its own)."""
+    redactor = SecretRedactor([settings.token, settings.mcp_auth_token])
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(existing, SecretRedactor) for existing in handler.filters):
+                handler.addFilter(redactor)

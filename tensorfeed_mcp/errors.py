@@ -6,10 +6,20 @@ contains the token: only its masked form, if anything.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tensorfeed_mcp.models import SpendCapPayload
+
 TOKEN_HELP = (
     "A token looks like tf_live_ followed by 64 hex characters; you get one when you buy credits "
     "at https://tensorfeed.ai (see the account page)."
 )
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A short quoted prefix of text someone gave us, so no error echoes a huge or multi-line value."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 class TensorFeedError(Exception):
@@ -31,8 +41,8 @@ class TokenMissingError(ConfigurationError):
 class TokenFormatError(ConfigurationError):
     def __init__(self) -> None:
         super().__init__(
-            "TENSORFEED_TOKEN does not look like a TensorFeed token: it must start with 'tf_live_'. "
-            f"No request was sent. {TOKEN_HELP}"
+            "TENSORFEED_TOKEN does not look like a TensorFeed token: it must be 'tf_live_' followed by 64 "
+            f"lowercase hex characters, and this one is not. No request was sent. {TOKEN_HELP}"
         )
 
 
@@ -106,7 +116,18 @@ class ServerError(UpstreamError):
 
 
 class InvalidResponseError(UpstreamError):
-    """The answer was not the JSON the contract promises (an HTML error page, truncated, too large)."""
+    """The answer was not the JSON the contract promises (an HTML error page, truncated, too large, odd values)."""
+
+
+class RedirectedError(UpstreamError):
+    """The service answered with a redirect; it is never followed, since the token would go with it."""
+
+    def __init__(self, status: int, host: str) -> None:
+        where = f" to {host}" if host else ""
+        super().__init__(
+            f"TensorFeed answered with a redirect (HTTP {status}){where}, which was not followed so the token "
+            "stays with TensorFeed. Check TENSORFEED_API_URL: it should be https://tensorfeed.ai/api."
+        )
 
 
 class UpstreamUnavailableError(UpstreamError):
@@ -117,6 +138,21 @@ class UpstreamUnavailableError(UpstreamError):
 
 class UpstreamTimeoutError(UpstreamError):
     retryable = True
+
+
+class SpendCapUncertainError(UpstreamError):
+    """Changing the cap failed in a way that may have reached the service; says what the service now holds."""
+
+    def __init__(self, cause: UpstreamError, wanted: int | None, now: SpendCapPayload | None) -> None:
+        asked = "clear the cap" if wanted is None else f"set the cap to {wanted}"
+        if now is None:
+            outcome = "Could not confirm what TensorFeed now holds: call get_spend_cap before trying again."
+        else:
+            holds = "no cap" if now.daily_cap is None else f"a cap of {now.daily_cap}"
+            applied = "so the change was applied" if now.daily_cap == wanted else "so the change was not applied"
+            outcome = f"Reading it back, TensorFeed now holds {holds}, {applied}."
+        super().__init__(f"The request to {asked} failed: {cause} {outcome}", attempts=cause.attempts)
+        self.now = now
 
 
 class InvalidInputError(TensorFeedError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import socket
 import sys
@@ -16,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tensorfeed_mcp.account import AccountService
+from tensorfeed_mcp.config import is_loopback
 from tensorfeed_mcp.errors import ConfigurationError
 from tensorfeed_mcp.server import AccountRuntime
 
@@ -24,15 +24,6 @@ logger = logging.getLogger(__name__)
 HttpTransport = Literal["streamable-http", "sse"]
 MAX_REQUEST_BODY_BYTES = 256 * 1024  # MCP requests to this server are small; refuse anything bigger early
 SHUTDOWN_GRACE_SECONDS = 3
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, auth_secret: str | None) -> None:

@@ -1,25 +1,43 @@
-"""Pydantic models: upstream payloads (tolerant of extra fields) and tool results (the output schemas)."""
+"""Pydantic models: upstream payloads (strict about the fields we use, extra fields ignored) and tool results."""
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 MAX_UPSTREAM_TEXT = 200
-# C0/C1 controls and the Unicode bidi overrides and isolates, which can make text read differently than it is.
-_UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+MAX_UPSTREAM_ENDPOINTS = 1000
+MAX_UPSTREAM_CALLS = 100
+MAX_UPSTREAM_PURCHASES = 1000
+# Controls, format characters (bidi overrides, zero-width, tags) and line/paragraph separators: characters that
+# can make text read differently than it is, or carry hidden instructions.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def is_unsafe_char(char: str) -> bool:
+    return unicodedata.category(char) in UNSAFE_CATEGORIES
 
 
 def clean_upstream_text(text: str, limit: int = MAX_UPSTREAM_TEXT) -> str:
-    """Strip control and bidi-override characters and cap the length of text that came from upstream."""
-    cleaned = _UNSAFE_CHARS.sub("", text)
+    """Strip control, format and separator characters and cap the length of text that came from upstream."""
+    cleaned = "".join(char for char in text[: limit * 4] if not is_unsafe_char(char))
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
+def _require_time(value: object) -> object:
+    if not isinstance(value, str | datetime):
+        raise ValueError("a timestamp must be an ISO-8601 string")
+    return value
+
+
 UpstreamText = Annotated[str, AfterValidator(clean_upstream_text)]
+# A timestamp without a zone is refused rather than guessed: the contract promises UTC with a Z.
+UpstreamTime = Annotated[AwareDatetime, BeforeValidator(_require_time)]
+Count = Annotated[int, Field(strict=True)]
+Money = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 # ---- Upstream payloads -------------------------------------------------------------------------
@@ -29,55 +47,83 @@ class UpstreamModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _cut_lists(data: Any, limits: dict[str, int]) -> Any:
+    """Cut over-long lists (or objects) in a raw payload and say what was cut in `cut`, so no hostile answer
+    can grow a tool result without bound."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    notes = []
+    for name, limit in limits.items():
+        value = data.get(name)
+        if isinstance(value, list | dict) and len(value) > limit:
+            notes.append(f"{name}: {len(value):,} sent, first {limit:,} kept")
+            data[name] = value[:limit] if isinstance(value, list) else dict(list(value.items())[:limit])
+    data["cut"] = "; ".join(notes) or None
+    return data
+
+
 class BalancePayload(UpstreamModel):
-    balance: int
-    total_purchased: int = 0
-    created: datetime | None = None
-    last_used: datetime | None = None
+    balance: Count
+    total_purchased: Count = 0
+    created: UpstreamTime | None = None
+    last_used: UpstreamTime | None = None
 
 
 class UsageEntry(UpstreamModel):
     endpoint: UpstreamText
-    credits: int
-    at: datetime
+    credits: Count
+    at: UpstreamTime
 
 
 class EndpointAggregate(UpstreamModel):
-    calls: int
-    credits: int
-    last_seen: datetime | None = None
+    calls: Count
+    credits: Count
+    last_seen: UpstreamTime | None = None
 
 
 class UsagePayload(UpstreamModel):
-    token_balance: int | None = None
-    total_calls: int
-    total_credits_spent: int
+    token_balance: Count | None = None
+    total_calls: Count
+    total_credits_spent: Count
     by_endpoint: dict[UpstreamText, EndpointAggregate] = Field(default_factory=dict)
     recent: list[UsageEntry] = Field(default_factory=list)
+    cut: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bound(cls, data: Any) -> Any:
+        return _cut_lists(data, {"by_endpoint": MAX_UPSTREAM_ENDPOINTS, "recent": MAX_UPSTREAM_CALLS})
 
 
 class PurchasePayload(UpstreamModel):
     tx_hash: UpstreamText
-    amount_usd: float
-    credits_added: int
-    block_number: int | None = None
-    confirmed_at: datetime | None = None
+    amount_usd: Money
+    credits_added: Count
+    block_number: Count | None = None
+    confirmed_at: UpstreamTime | None = None
 
 
 class HistoryPayload(UpstreamModel):
-    current_balance: int | None = None
-    total_purchased_usd: float = 0.0
-    total_credits_added: int = 0
-    purchase_count: int = 0
+    current_balance: Count | None = None
+    total_purchased_usd: Money = 0.0
+    total_credits_added: Count = 0
+    purchase_count: Count = 0
     purchases: list[PurchasePayload] = Field(default_factory=list)
+    cut: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bound(cls, data: Any) -> Any:
+        return _cut_lists(data, {"purchases": MAX_UPSTREAM_PURCHASES})
 
 
 class SpendCapPayload(UpstreamModel):
-    daily_cap: int | None = None
-    daily_spent: int = 0
-    remaining: int | None = None
-    reset_at: datetime
-    balance: int | None = None
+    daily_cap: Count | None = None
+    daily_spent: Count = 0
+    remaining: Count | None = None
+    reset_at: UpstreamTime
+    balance: Count | None = None
 
 
 # ---- Tool results ------------------------------------------------------------------------------
@@ -119,6 +165,10 @@ class AccountUsage(AccountResult):
         description="True at 100 calls: older calls have rolled off upstream and are not counted."
     )
     endpoint_filter: str | None = Field(description="The endpoint text the results were filtered to, if any.")
+    upstream_cut: str | None = Field(
+        description="Null normally; set when TensorFeed sent more entries than its contract allows, saying which "
+        "lists were cut and to how many."
+    )
 
 
 class UsdEstimate(BaseModel):
@@ -150,6 +200,10 @@ class PaymentHistory(AccountResult):
     total_purchased_usd: float
     total_credits_added: int
     current_balance: int | None
+    upstream_cut: str | None = Field(
+        description="Null normally; set when TensorFeed sent more entries than its contract allows, saying which "
+        "lists were cut and to how many."
+    )
 
 
 class SpendCap(AccountResult):
@@ -206,14 +260,32 @@ class AlertCheck(AccountResult):
     burn_rate_credits_per_hour: float
     burn_rate_lookback_hours: float = Field(description="The span of recent usage the burn rate was measured over.")
     runway_hours: float | None = Field(description="balance / burn rate; null when nothing is being spent.")
+    state_error: str | None = Field(
+        description="Null normally; set when the local file of saved rules could not be used: then only the "
+        "environment's rules were evaluated, and this says why and what to do."
+    )
 
 
 class AlertRuleSaved(BaseModel):
     rule: AlertRule
     action: Literal["created", "updated"]
-    rules: list[AlertRule] = Field(description="Every rule now in force for this token.")
+    rule_count: int = Field(description="Rules now in force for this token, environment rules included.")
 
 
 class AlertRuleDeleted(BaseModel):
-    deleted: str
-    rules: list[AlertRule] = Field(description="Every rule still in force for this token.")
+    deleted: AlertRule
+    rule_count: int = Field(description="Rules still in force for this token, environment rules included.")
+
+
+class AccountSummary(BaseModel):
+    """The account_summary resource: the headline of balance and usage."""
+
+    token: str
+    as_of: datetime
+    balance: int
+    usd_estimate: UsdEstimate
+    total_purchased: int
+    recent_calls: int
+    recent_credits_spent: int
+    top_endpoints: list[EndpointUsage]
+    window_start: datetime | None

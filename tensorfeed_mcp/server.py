@@ -3,33 +3,52 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar, get_args
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import MCPServerError, ResourceError, ToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.server.session import ServerSession
+from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.message import SessionMessage
 from mcp.shared.subscriptions import ResourceUpdated
-from mcp.types import INVALID_PARAMS, EmptyResult, SubscribeRequestParams, ToolAnnotations, UnsubscribeRequestParams
+from mcp.types import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    CallToolResult,
+    EmptyResult,
+    ErrorData,
+    InputRequiredResult,
+    JSONRPCError,
+    LoggingLevel,
+    SetLevelRequestParams,
+    SubscribeRequestParams,
+    ToolAnnotations,
+    UnsubscribeRequestParams,
+)
 from pydantic import Field, StrictFloat, StrictInt, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic_core import PydanticCustomError
 
 from tensorfeed_mcp import __version__
 from tensorfeed_mcp.account import AccountService
-from tensorfeed_mcp.alerts import BURN_RATE_METHOD, KINDS_HELP
+from tensorfeed_mcp.alerts import BURN_RATE_METHOD, KINDS_HELP, MAX_NAME_LENGTH
 from tensorfeed_mcp.config import Settings
-from tensorfeed_mcp.errors import TensorFeedError
+from tensorfeed_mcp.errors import TensorFeedError, shown
 from tensorfeed_mcp.models import (
+    MAX_UPSTREAM_TEXT,
     AccountBalance,
+    AccountSummary,
     AccountUsage,
     AlertCheck,
     AlertRuleDeleted,
@@ -71,13 +90,27 @@ def reported_as(error: type[MCPServerError]) -> Callable[[Callable[P, Awaitable[
     return decorate
 
 
-async def warn_legacy_client(session: ServerSession, message: str) -> None:
-    """Send an MCP log warning, a 2025-era feature (deprecated from 2026-07-28), only to sessions that speak it."""
-    if session.protocol_version >= MODERN_PROTOCOL:
+LOG_LEVELS: tuple[LoggingLevel, ...] = get_args(LoggingLevel)  # least to most severe
+LOG_LEVEL_KEY = "tensorfeed.log_level"
+
+
+def connection_of(session: ServerSession) -> Connection:
+    """The connection a request came on. SDK 2.3 gives handlers its session but no public path to the connection,
+    whose state and exit stack outlive the request."""
+    return session._connection
+
+
+async def warn_legacy_client(connection: Connection, message: str) -> None:
+    """Send an MCP log warning, a 2025-era feature (deprecated from 2026-07-28), only to connections that speak it
+    and have not asked (logging/setLevel) for a level above warning."""
+    if connection.protocol_version >= MODERN_PROTOCOL:
+        return
+    minimum = connection.state.get(LOG_LEVEL_KEY, "debug")
+    if LOG_LEVELS.index("warning") < LOG_LEVELS.index(minimum):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MCPDeprecationWarning)
-        await session.send_log_message("warning", message)
+        await connection.log("warning", message, logger="tensorfeed")
 
 
 def explained(message: str) -> WrapValidator:
@@ -90,6 +123,36 @@ def explained(message: str) -> WrapValidator:
             raise PydanticCustomError("invalid_argument", message) from None
 
     return WrapValidator(validate)
+
+
+def check_arguments(tool: Tool, arguments: dict[str, Any]) -> None:
+    """Refuse unknown, missing and invalid arguments in our own words (never pydantic's, nor the value itself)."""
+    accepted = list(tool.parameters.get("properties", {}))
+    listing = ", ".join(accepted) or "no arguments"
+    unknown = [name for name in arguments if name not in accepted]
+    if unknown:
+        names = ", ".join(shown(name) for name in unknown[:5])
+        raise ToolError(f"{tool.name} does not take {names}. It accepts: {listing}.")
+    try:
+        tool.fn_metadata.validate_arguments(arguments)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "arguments"
+        if error["type"] == "missing":
+            raise ToolError(f"{tool.name} needs the argument {name!r}. It accepts: {listing}.") from None
+        raise ToolError(error["msg"] if error["type"] == "invalid_argument" else f"{name} is not valid.") from None
+
+
+class AccountServer(MCPServer[AccountService]):
+    """MCPServer that checks a call's arguments itself first, so the caller reads what is accepted."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[AccountService, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None:
+            check_arguments(tool, arguments)
+        return await super().call_tool(name, arguments, context)
 
 
 tool_errors = reported_as(ToolError)
@@ -107,7 +170,7 @@ class AccountRuntime:
         self.settings = settings
         self.bus = InMemorySubscriptionBus()
         self._service: AccountService | None = None
-        self._legacy_subscribers: dict[str, set[ServerSession]] = {}
+        self._legacy_subscribers: dict[str, set[Connection]] = {}
         self._last_statuses: dict[str, AlertStatus] | None = None
 
     @asynccontextmanager
@@ -140,13 +203,14 @@ class AccountRuntime:
             yield service
 
     async def _watch(self, service: AccountService, interval: float) -> None:
+        """Check the alerts every `interval` seconds for as long as the process serves; nothing stops it but that."""
         while True:
             try:
-                check = await service.check_alerts()
+                await self.observe(await service.check_alerts())
             except TensorFeedError as exc:
                 logger.warning("Background alert check failed: %s", exc)
-            else:
-                await self.observe(check)
+            except Exception:
+                logger.exception("Background alert check failed unexpectedly; it will run again in %g s", interval)
             await anyio.sleep(interval)
 
     async def observe(self, check: AlertCheck) -> None:
@@ -161,30 +225,43 @@ class AccountRuntime:
         for alert in newly_triggered:
             logger.warning("Alert %s triggered: %s", alert.name, alert.message)
         await self.bus.publish(ResourceUpdated(uri=ALERTS_URI))
-        for session in list(self._legacy_subscribers.get(ALERTS_URI, ())):
-            try:
-                for alert in newly_triggered:
-                    await warn_legacy_client(session, f"Alert {alert.name} triggered: {alert.message}")
-                await session.send_resource_updated(ALERTS_URI)
-            except Exception:  # a closed connection: forget it
-                self._legacy_subscribers[ALERTS_URI].discard(session)
+        for connection in list(self._legacy_subscribers.get(ALERTS_URI, ())):
+            for alert in newly_triggered:
+                await warn_legacy_client(connection, f"Alert {alert.name} triggered: {alert.message}")
+            await connection.send_resource_updated(ALERTS_URI)  # best effort: never raises
+
+    def legacy_subscriber_count(self) -> int:
+        """Connections holding a 2025-era subscription (they are dropped when their connection closes)."""
+        return len(set().union(*self._legacy_subscribers.values()))
 
     async def subscribe(self, ctx: ServerRequestContext[Any], params: SubscribeRequestParams) -> EmptyResult:
-        """Legacy resources/subscribe: remember the session so the watcher can tell it about changes."""
+        """Legacy resources/subscribe: remember the connection, until it closes, so the watcher can tell it."""
         uri = str(params.uri)
         if uri not in (SUMMARY_URI, ALERTS_URI):
-            raise MCPError(INVALID_PARAMS, f"Unknown resource {uri!r}; subscribable: {SUMMARY_URI}, {ALERTS_URI}.")
-        self._legacy_subscribers.setdefault(uri, set()).add(ctx.session)
+            raise MCPError(INVALID_PARAMS, f"Unknown resource {shown(uri)}; subscribable: {SUMMARY_URI}, {ALERTS_URI}.")
+        connection = connection_of(ctx.session)
+        if not any(connection in subscribers for subscribers in self._legacy_subscribers.values()):
+            connection.exit_stack.push_async_callback(self._forget, connection)
+        self._legacy_subscribers.setdefault(uri, set()).add(connection)
         return EmptyResult()
 
     async def unsubscribe(self, ctx: ServerRequestContext[Any], params: UnsubscribeRequestParams) -> EmptyResult:
-        self._legacy_subscribers.get(str(params.uri), set()).discard(ctx.session)
+        self._legacy_subscribers.get(str(params.uri), set()).discard(connection_of(ctx.session))
+        return EmptyResult()
+
+    async def _forget(self, connection: Connection) -> None:
+        for subscribers in self._legacy_subscribers.values():
+            subscribers.discard(connection)
+
+    async def set_log_level(self, ctx: ServerRequestContext[Any], params: SetLevelRequestParams) -> EmptyResult:
+        """logging/setLevel (2025-era): the least severe level this connection wants to hear."""
+        connection_of(ctx.session).state[LOG_LEVEL_KEY] = params.level
         return EmptyResult()
 
 
 def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     """The MCP server: every tool returns a pydantic model, so each has an output schema."""
-    server: MCPServer[AccountService] = MCPServer(
+    server = AccountServer(
         "tensorfeed",
         title="TensorFeed account",
         instructions=INSTRUCTIONS,
@@ -198,6 +275,8 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     lowlevel = server._lowlevel_server
     lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, runtime.subscribe)
     lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, runtime.unsubscribe)
+    # Registering the handler is what declares the logging capability, which a server that sends logs must.
+    lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, runtime.set_log_level)
 
     def account(ctx: Context[AccountService]) -> AccountService:
         return ctx.request_context.lifespan_context
@@ -216,7 +295,10 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     async def get_account_usage(
         ctx: Context[AccountService],
         endpoint: Annotated[
-            str | None, Field(description="Only endpoints whose path contains this text, e.g. 'routing'.")
+            str | None,
+            Field(max_length=MAX_UPSTREAM_TEXT),
+            explained(f"endpoint must be text of at most {MAX_UPSTREAM_TEXT} characters (e.g. 'routing'), or null."),
+            Field(description="Only endpoints whose path contains this text, e.g. 'routing'."),
         ] = None,
     ) -> AccountUsage:
         return await account(ctx).usage(endpoint)
@@ -261,21 +343,39 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True
         ),
         description=(
-            "Set the daily credit cap TensorFeed enforces on the token, or clear it with null or 0. Accepts an "
-            "integer from 1 to 1,000,000. Returns the new cap state and previous_cap. Change it only when the user "
-            "asks to limit (or lift the limit on) spending."
+            "Set the daily credit cap TensorFeed enforces on the token: an integer from 1 to 1,000,000 (to remove "
+            "it, use clear_spend_cap). Returns the new cap state and previous_cap. Change it only when the user "
+            "asks to limit spending."
         ),
     )
     @tool_errors
     async def set_spend_cap(
         ctx: Context[AccountService],
         daily_cap: Annotated[
-            StrictInt | None,
-            explained("daily_cap must be a whole number of credits from 1 to 1,000,000, or null or 0 to clear it."),
-            Field(description="Credits per UTC day, 1 to 1,000,000; null or 0 clears the cap."),
+            StrictInt,
+            Field(ge=1, le=1_000_000),
+            explained(
+                "daily_cap must be a whole number of credits from 1 to 1,000,000; to remove the cap, use "
+                "clear_spend_cap."
+            ),
+            Field(description="Credits per UTC day."),
         ],
     ) -> SpendCapChange:
         return await account(ctx).set_spend_cap(daily_cap)
+
+    @server.tool(
+        title="Clear daily spend cap",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=True
+        ),
+        description=(
+            "Remove the daily credit cap, so TensorFeed no longer limits the token's daily spend. Returns the cap "
+            "state and previous_cap. Only when the user explicitly asks to lift the limit."
+        ),
+    )
+    @tool_errors
+    async def clear_spend_cap(ctx: Context[AccountService]) -> SpendCapChange:
+        return await account(ctx).clear_spend_cap()
 
     @server.tool(
         title="Set spend alert",
@@ -290,13 +390,24 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     @tool_errors
     async def set_spend_alert(
         ctx: Context[AccountService],
-        kind: Annotated[str, Field(description=f"One of: {KINDS_HELP}.")],
+        kind: Annotated[
+            str,
+            Field(max_length=MAX_NAME_LENGTH),
+            explained(f"kind must be one of: {KINDS_HELP}."),
+            Field(description=f"One of: {KINDS_HELP}."),
+        ],
         threshold: Annotated[
             StrictFloat,
+            Field(allow_inf_nan=False),
             explained(f"threshold must be a finite number in the kind's unit; kinds: {KINDS_HELP}."),
             Field(description="In the kind's unit: credits, percent or hours."),
         ],
-        name: Annotated[str | None, Field(description="Up to 64 characters; defaults to the kind.")] = None,
+        name: Annotated[
+            str | None,
+            Field(max_length=MAX_NAME_LENGTH),
+            explained(f"name must be text of at most {MAX_NAME_LENGTH} characters, or null for the kind."),
+            Field(description="Defaults to the kind."),
+        ] = None,
     ) -> AlertRuleSaved:
         return await account(ctx).set_alert(kind, threshold, name)
 
@@ -309,7 +420,13 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def delete_spend_alert(
-        ctx: Context[AccountService], name: Annotated[str, Field(description="The rule's name.")]
+        ctx: Context[AccountService],
+        name: Annotated[
+            str,
+            Field(max_length=MAX_NAME_LENGTH),
+            explained(f"name must be a rule's name: text of at most {MAX_NAME_LENGTH} characters."),
+            Field(description="The rule's name."),
+        ],
     ) -> AlertRuleDeleted:
         return await account(ctx).delete_alert(name)
 
@@ -329,7 +446,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         await runtime.observe(check)
         for alert in check.alerts:
             if alert.status == "triggered":
-                await warn_legacy_client(ctx.session, f"Alert {alert.name} triggered: {alert.message}")
+                await warn_legacy_client(connection_of(ctx.session), f"Alert {alert.name} triggered: {alert.message}")
         return check
 
     @server.resource(
@@ -342,18 +459,17 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     @resource_errors
     async def account_summary() -> str:
         balance, usage = await runtime.service.balance(), await runtime.service.usage()
-        headline = {
-            "token": balance.token,
-            "as_of": balance.as_of.isoformat(),
-            "balance": balance.balance,
-            "usd_estimate": balance.usd_estimate.amount_usd,
-            "total_purchased": balance.total_purchased,
-            "recent_calls": usage.total_calls,
-            "recent_credits_spent": usage.total_credits_spent,
-            "top_endpoints": [row.model_dump(mode="json") for row in usage.by_endpoint[:3]],
-            "window_start": usage.window_start.isoformat() if usage.window_start else None,
-        }
-        return json.dumps(headline, indent=2)
+        return AccountSummary(
+            token=balance.token,
+            as_of=balance.as_of,
+            balance=balance.balance,
+            usd_estimate=balance.usd_estimate,
+            total_purchased=balance.total_purchased,
+            recent_calls=usage.total_calls,
+            recent_credits_spent=usage.total_credits_spent,
+            top_endpoints=usage.by_endpoint[:3],
+            window_start=usage.window_start,
+        ).model_dump_json()
 
     @server.resource(
         ALERTS_URI,
@@ -364,7 +480,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @resource_errors
     async def account_alerts() -> str:
-        return (await runtime.service.check_alerts()).model_dump_json(indent=2)
+        return (await runtime.service.check_alerts()).model_dump_json()
 
     @server.prompt(
         name="spend_review",
@@ -381,3 +497,33 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         )
 
     return server
+
+
+async def serve_stdio(server: MCPServer[AccountService]) -> None:
+    """Serve over stdin/stdout, answering a line that is not JSON-RPC with a JSON-RPC error (the SDK drops it)."""
+    async with stdio_server() as (read_stream, write_stream):
+        send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+
+        async def answer_malformed_lines() -> None:
+            async with send, read_stream:
+                async for item in read_stream:
+                    if isinstance(item, Exception):
+                        await write_stream.send(SessionMessage(_malformed_line_error(item)))
+                    else:
+                        await send.send(item)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(answer_malformed_lines)
+            await server._lowlevel_server.run(
+                receive, write_stream, server._lowlevel_server.create_initialization_options()
+            )
+
+
+def _malformed_line_error(exc: Exception) -> JSONRPCError:
+    not_json = isinstance(exc, ValidationError) and any(error["type"] == "json_invalid" for error in exc.errors())
+    code, message = (
+        (PARSE_ERROR, "Parse error: the line is not valid JSON.")
+        if not_json
+        else (INVALID_REQUEST, "Invalid request: the line is JSON but not a JSON-RPC 2.0 message MCP accepts.")
+    )
+    return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message))

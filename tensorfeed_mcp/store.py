@@ -15,12 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from tensorfeed_mcp.errors import StateStoreError
+from tensorfeed_mcp.errors import InvalidInputError, StateStoreError
 from tensorfeed_mcp.models import AlertRule, AlertStatus
 
 if TYPE_CHECKING:
     import sqlite3
 
+MAX_SAVED_RULES = 100
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
 SCHEMA = """
@@ -45,6 +46,12 @@ CREATE TABLE IF NOT EXISTS alert_state (
 T = TypeVar("T")
 
 
+def _rule(name: str, kind: str, threshold: float, unit: str) -> AlertRule:
+    return AlertRule.model_validate(
+        {"name": name, "kind": kind, "threshold": threshold, "unit": unit, "source": "user"}
+    )
+
+
 class AlertStore:
     """Saved alert rules and when each went from ok to triggered. Creating one touches no file."""
 
@@ -60,16 +67,25 @@ class AlertStore:
             ).fetchall(),
             write=False,
         )
-        return [AlertRule(name=n, kind=k, threshold=t, unit=u, source="user") for n, k, t, u in rows]
+        return [_rule(*row) for row in rows]
 
-    def save_rule(self, fingerprint: str, rule: AlertRule) -> Literal["created", "updated"]:
-        """Create the rule or replace the one with its name; a changed kind or threshold forgets its trigger state."""
+    def save_rule(
+        self, fingerprint: str, rule: AlertRule, limit: int = MAX_SAVED_RULES
+    ) -> tuple[Literal["created", "updated"], int]:
+        """Create the rule or replace the one with its name, and return what happened and how many rules the token
+        now has. A changed kind or threshold forgets its trigger state. A new rule beyond `limit` is refused."""
 
-        def save(db: sqlite3.Connection) -> Literal["created", "updated"]:
+        def save(db: sqlite3.Connection) -> tuple[Literal["created", "updated"], int]:
             old = db.execute(
                 "SELECT kind, threshold FROM alert_rules WHERE fingerprint = ? AND name = ?",
                 (fingerprint, rule.name),
             ).fetchone()
+            count = self._count(db, fingerprint)
+            if old is None and count >= limit:
+                raise InvalidInputError(
+                    f"This token already has {count} saved alert rules, the most allowed ({limit}). Delete one "
+                    "(delete_spend_alert) or change an existing rule by saving it under its name."
+                )
             db.execute(
                 "INSERT INTO alert_rules (fingerprint, name, kind, threshold, unit) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (fingerprint, name) DO UPDATE SET kind = excluded.kind, "
@@ -78,19 +94,28 @@ class AlertStore:
             )
             if old is not None and tuple(old) != (rule.kind, rule.threshold):
                 db.execute("DELETE FROM alert_state WHERE fingerprint = ? AND name = ?", (fingerprint, rule.name))
-            return "created" if old is None else "updated"
+            return ("created", count + 1) if old is None else ("updated", count)
 
         return self._run(save, write=True)
 
-    def delete_rule(self, fingerprint: str, name: str) -> bool:
-        """Delete a saved rule and its state; False when there was no such rule."""
+    def delete_rule(self, fingerprint: str, name: str) -> tuple[AlertRule, int] | None:
+        """Delete a saved rule and its state; return it and how many rules remain, or None when there was none."""
 
-        def delete(db: sqlite3.Connection) -> bool:
-            gone = db.execute("DELETE FROM alert_rules WHERE fingerprint = ? AND name = ?", (fingerprint, name))
+        def delete(db: sqlite3.Connection) -> tuple[AlertRule, int] | None:
+            row = db.execute(
+                "DELETE FROM alert_rules WHERE fingerprint = ? AND name = ? RETURNING name, kind, threshold, unit",
+                (fingerprint, name),
+            ).fetchone()
             db.execute("DELETE FROM alert_state WHERE fingerprint = ? AND name = ?", (fingerprint, name))
-            return gone.rowcount > 0
+            if row is None:
+                return None
+            return _rule(*row), self._count(db, fingerprint)
 
         return self._run(delete, write=True)
+
+    @staticmethod
+    def _count(db: sqlite3.Connection, fingerprint: str) -> int:
+        return int(db.execute("SELECT count(*) FROM alert_rules WHERE fingerprint = ?", (fingerprint,)).fetchone()[0])
 
     def record_statuses(
         self, fingerprint: str, statuses: dict[str, AlertStatus], now: datetime

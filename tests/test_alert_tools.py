@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from datetime import datetime, timedelta
@@ -124,7 +125,7 @@ async def test_cap_percentage_follows_the_cap_set_and_cleared(fresh_sandbox: Run
         assert (check["daily_spent"], check["daily_spent_source"]) == (50, "service")
         assert by_name(check)["cap"] | {"status": "triggered", "observed": 50.0} == by_name(check)["cap"]
 
-        await caller.ok("set_spend_cap", daily_cap=None)
+        await caller.ok("clear_spend_cap")
         cleared = await caller.ok("check_spend_alerts")
         assert by_name(cleared)["cap"] | {"status": "not_applicable", "since": None} == by_name(cleared)["cap"]
         assert (cleared["daily_spent"], cleared["daily_spent_source"]) == (50, "usage_buffer")
@@ -168,10 +169,11 @@ async def test_environment_rules_are_listed_and_cannot_be_deleted(sandbox: Runni
         assert "TENSORFEED_ALERT_" in message
         assert "reserved" in await caller.error("set_spend_alert", kind="balance_below", threshold=1, name="env:mine")
         saved = await caller.ok("set_spend_alert", kind="balance_below", threshold=10)
-        assert [(r["name"], r["source"]) for r in saved["rules"]] == [
-            ("env:balance_below", "env"),
-            ("env:runway_below_hours", "env"),
-            ("balance_below", "user"),
+        assert (saved["rule"]["name"], saved["rule"]["source"], saved["rule_count"]) == ("balance_below", "user", 3)
+        assert [rule["name"] for rule in (await caller.ok("check_spend_alerts"))["alerts"]] == [
+            "env:balance_below",
+            "env:runway_below_hours",
+            "balance_below",
         ]
 
 
@@ -215,11 +217,13 @@ async def test_updating_and_deleting_rules(sandbox: RunningSandbox, tmp_path: Pa
         created = await caller.ok("set_spend_alert", kind="balance_below", threshold=5000, name="floor")
         updated = await caller.ok("set_spend_alert", kind="balance_below", threshold=10, name="floor")
         assert (created["action"], updated["action"]) == ("created", "updated")
-        assert [(r["name"], r["threshold"]) for r in updated["rules"]] == [("floor", 10.0)]
+        assert (updated["rule"]["threshold"], updated["rule_count"]) == (10.0, 1)
         assert by_name(await caller.ok("check_spend_alerts"))["floor"]["status"] == "ok"
         missing = await caller.error("delete_spend_alert", name="ceiling")
         assert "No alert named 'ceiling'" in missing and "floor" in missing
-        assert (await caller.ok("delete_spend_alert", name="floor")) == {"deleted": "floor", "rules": []}
+        deleted = await caller.ok("delete_spend_alert", name="floor")
+        assert (deleted["deleted"]["name"], deleted["deleted"]["threshold"]) == ("floor", 10.0)
+        assert deleted["rule_count"] == 0
 
 
 async def test_a_corrupt_state_file_is_reported_kept_and_copied(sandbox: RunningSandbox, tmp_path: Path) -> None:
@@ -232,7 +236,8 @@ async def test_a_corrupt_state_file_is_reported_kept_and_copied(sandbox: Running
             message = await caller.error("set_spend_alert", kind="balance_below", threshold=10)
             assert str(state) in message and "not a readable SQLite database" in message
             assert "A copy is kept at" in message
-        assert str(state) in await caller.error("check_spend_alerts")
+        check = await caller.ok("check_spend_alerts")  # evaluates what needs no file, and says what is wrong
+        assert check["alerts"] == [] and str(state) in check["state_error"]
         assert (await caller.ok("get_account_balance"))["balance"] == 1840  # still serving
     assert state.read_bytes() == garbage
     copies = list(tmp_path.glob("alerts.sqlite3.corrupt-*"))
@@ -289,7 +294,7 @@ async def test_the_watcher_notifies_a_listening_client(fresh_sandbox: RunningSan
                 event = await subscription.__aiter__().__anext__()
         assert ALERTS_URI in str(event)
         contents = (await client.read_resource(ALERTS_URI)).contents
-        assert '"status": "triggered"' in getattr(contents[0], "text", "")
+        assert json.loads(getattr(contents[0], "text", ""))["alerts"][0]["status"] == "triggered"
 
 
 async def test_the_watcher_notifies_a_legacy_subscriber_and_logs_a_warning(

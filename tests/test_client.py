@@ -156,7 +156,7 @@ async def test_a_token_without_the_prefix_is_refused_before_sending(sandbox: Run
         caller = Caller(client)
         messages = [await caller.error(tool) for tool in ("get_account_balance", "get_spend_cap", "get_account_usage")]
     for message in messages:
-        assert "must start with 'tf_live_'" in message and "No request was sent" in message
+        assert "'tf_live_' followed by 64" in message and "No request was sent" in message
         assert BAD_PREFIX_TOKEN not in message and BAD_PREFIX_TOKEN[8:] not in message
     assert requests_made(sandbox, before) == 0
 
@@ -249,29 +249,21 @@ async def test_without_a_cache_every_call_asks_upstream(sandbox: RunningSandbox,
 
 
 @pytest.mark.parametrize(
-    ("value", "fragments"),
-    [
-        (1.5, ["whole number of credits from 1 to 1,000,000"]),
-        (-1, ["-1 is out of range", "1 to 1,000,000"]),
-        (1_000_001, ["1000001 is out of range", "1 to 1,000,000"]),
-        ("abc", ["whole number of credits from 1 to 1,000,000"]),
-        ("200", ["whole number of credits from 1 to 1,000,000"]),
-        (True, ["whole number of credits from 1 to 1,000,000"]),
-        ([200], ["whole number of credits from 1 to 1,000,000"]),
-    ],
+    "value", [None, 0, float("nan"), float("inf"), 1.5, -1, 1_000_001, "abc", "200", True, [200], {"cap": 1}]
 )
 async def test_set_spend_cap_refuses_bad_values_before_sending(
-    sandbox: RunningSandbox, tmp_path: Path, value: object, fragments: list[str]
+    sandbox: RunningSandbox, tmp_path: Path, value: object
 ) -> None:
+    """Nothing that is not a cap, null and 0 included, may reach the service or lift the guard."""
     cap = sandbox.control.account("busy")["daily_cap"]
     async with in_memory(settings_for(sandbox, tmp_path)) as client:
         caller = Caller(client)
         before = sandbox.control.upstream_requests()
         message = await caller.error("set_spend_cap", daily_cap=value)
         assert requests_made(sandbox, before) == 0
-    assert message.startswith("Error executing tool set_spend_cap:")
-    for fragment in fragments:
-        assert fragment in message
+    assert message == (
+        "daily_cap must be a whole number of credits from 1 to 1,000,000; to remove the cap, use clear_spend_cap."
+    )
     assert sandbox.control.account("busy")["daily_cap"] == cap
 
 

@@ -174,11 +174,12 @@ async def exercise_every_tool(caller: Caller, sandbox: RunningSandbox, alert_nam
     assert sandbox.control.account("busy")["daily_cap"] == cap
 
     saved = await caller.ok("set_spend_alert", kind="balance_below", threshold=account["balance"] + 1, name=alert_name)
-    assert saved["action"] == "created" and [rule["name"] for rule in saved["rules"]] == [alert_name]
+    assert (saved["action"], saved["rule"]["name"], saved["rule_count"]) == ("created", alert_name, 1)
     check = await caller.ok("check_spend_alerts")
     assert [(alert["name"], alert["status"]) for alert in check["alerts"]] == [(alert_name, "triggered")]
     assert check["balance"] == account["balance"]
-    assert await caller.ok("delete_spend_alert", name=alert_name) == {"deleted": alert_name, "rules": []}
+    deleted = await caller.ok("delete_spend_alert", name=alert_name)
+    assert (deleted["deleted"]["name"], deleted["rule_count"]) == (alert_name, 0)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -186,7 +187,7 @@ async def test_every_tool_over_streamable_http(http_server: Served, sandbox: Run
     assert http_server.url == f"http://127.0.0.1:{http_server.port}/mcp"
     async with Client(http_server.url, mode=mode) as client:
         assert (client.protocol_version == "2026-07-28") == (mode != "legacy")
-        assert len((await client.list_tools()).tools) == 8
+        assert len((await client.list_tools()).tools) == 9
         await exercise_every_tool(RecordingCaller(client), sandbox, f"http-{mode}")
 
 
@@ -195,7 +196,7 @@ async def test_every_tool_over_sse(sandbox: RunningSandbox, tmp_path: Path) -> N
         assert served.url == f"http://127.0.0.1:{served.port}/sse"
         async with sse_client(served.url) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
-            assert len((await session.list_tools()).tools) == 8
+            assert len((await session.list_tools()).tools) == 9
             await exercise_every_tool(RecordingCaller(session), sandbox, "sse")  # type: ignore[arg-type]
 
 

@@ -36,7 +36,7 @@ async def test_every_tool_over_stdio(fresh_sandbox: RunningSandbox, tmp_path: Pa
             assert saved["action"] == "created"
             check = await caller.ok("check_spend_alerts")
             assert [(a["name"], a["status"]) for a in check["alerts"]] == [("balance_below", "triggered")]
-            assert (await caller.ok("delete_spend_alert", name="balance_below"))["rules"] == []
+            assert (await caller.ok("delete_spend_alert", name="balance_below"))["rule_count"] == 0
             assert "No alert named 'balance_below'" in await caller.error("delete_spend_alert", name="balance_below")
     assert fresh_sandbox.control.account("busy")["daily_cap"] == 999
     log = read_recorded(stderr)
@@ -66,7 +66,7 @@ async def test_a_bad_token_over_stdio_is_an_error_result_and_the_server_keeps_se
         async with Client(stdio_client(params, errlog=errlog)) as client:
             caller = Caller(client)
             message = await caller.error("get_account_balance")
-            assert "must start with 'tf_live_'" in message and "No request was sent" in message
+            assert "'tf_live_' followed by 64" in message and "No request was sent" in message
             assert "sk_live_notatensorfeedtoken" not in message
-            assert len((await client.list_tools()).tools) == 8
+            assert len((await client.list_tools()).tools) == 9
     assert "sk_live_notatensorfeedtoken" not in read_recorded(tmp_path / "stderr.log")

@@ -24,13 +24,13 @@ def test_creating_a_store_touches_no_file(tmp_path: Path) -> None:
 
 def test_rules_are_saved_updated_deleted_and_kept_apart_per_token(tmp_path: Path) -> None:
     store = AlertStore(tmp_path / "alerts.sqlite3")
-    assert store.save_rule("fp-a", make_rule("balance_below", 100, "floor")) == "created"
-    assert store.save_rule("fp-a", make_rule("balance_below", 50, "floor")) == "updated"
-    assert store.save_rule("fp-b", make_rule("runway_below_hours", 12)) == "created"
+    assert store.save_rule("fp-a", make_rule("balance_below", 100, "floor")) == ("created", 1)
+    assert store.save_rule("fp-a", make_rule("balance_below", 50, "floor")) == ("updated", 1)
+    assert store.save_rule("fp-b", make_rule("runway_below_hours", 12)) == ("created", 1)
     assert [(r.name, r.threshold, r.source) for r in store.list_rules("fp-a")] == [("floor", 50.0, "user")]
     assert [r.name for r in store.list_rules("fp-b")] == ["runway_below_hours"]
-    assert store.delete_rule("fp-a", "floor") is True
-    assert store.delete_rule("fp-a", "floor") is False
+    assert store.delete_rule("fp-a", "floor") == (make_rule("balance_below", 50, "floor"), 0)
+    assert store.delete_rule("fp-a", "floor") is None
     assert store.list_rules("fp-a") == []
     with sqlite3.connect(tmp_path / "alerts.sqlite3") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

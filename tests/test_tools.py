@@ -23,6 +23,7 @@ TOOLS = {
     "get_payment_history",
     "get_spend_cap",
     "set_spend_cap",
+    "clear_spend_cap",
     "set_spend_alert",
     "delete_spend_alert",
     "check_spend_alerts",
@@ -158,14 +159,14 @@ async def test_set_spend_cap_sets_and_clears_it_upstream(fresh_sandbox: RunningS
         assert (raised["previous_cap"], raised["daily_cap"], raised["remaining"]) == (200, spent + 10, 10)
         assert fresh_sandbox.control.account("busy")["daily_cap"] == spent + 10
 
-        cleared = await caller.ok("set_spend_cap", daily_cap=None)
+        cleared = await caller.ok("clear_spend_cap")
         assert (cleared["previous_cap"], cleared["daily_cap"], cleared["remaining"]) == (spent + 10, None, None)
         assert cleared["daily_spent"] == 0  # the service does not read today's spend without a cap
         assert fresh_sandbox.control.account("busy")["daily_cap"] is None
 
         await caller.ok("set_spend_cap", daily_cap=50)
-        zero = await caller.ok("set_spend_cap", daily_cap=0)
-        assert (zero["previous_cap"], zero["daily_cap"]) == (50, None)
+        cleared_again = await caller.ok("clear_spend_cap")
+        assert (cleared_again["previous_cap"], cleared_again["daily_cap"]) == (50, None)
         assert (await caller.ok("get_spend_cap"))["daily_cap"] is None
 
 

@@ -17,7 +17,7 @@ from mcp.client.stdio import stdio_client
 from tensorfeed_mcp.config import token_fingerprint
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
 
-SENTINEL = "tf_live_5e171e1" + "0123456789abcdef" * 3 + "5e171e1"
+SENTINEL = "tf_live_5e171e1" + "0123456789abcdef" * 3 + "5e171e1ab"
 BAD_PREFIX_TOKENS = ["sk_live_notatensorfeedtoken"]
 
 

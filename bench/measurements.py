@@ -16,10 +16,19 @@ from typing import IO, Any
 
 import anyio
 import httpx2
-from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
+from mcp import Client
 
-from bench.processes import PYTHON, SERVER, TOKEN, Sandbox, child_running, http_server, resident_mb, server_env
+from bench.processes import (
+    PYTHON,
+    SERVER,
+    TOKEN,
+    Sandbox,
+    child_running,
+    http_server,
+    resident_mb,
+    server_env,
+    stdio_server,
+)
 
 BARE_SERVER = [PYTHON, str(Path(__file__).with_name("bare_server.py"))]
 TOOL = "get_account_balance"
@@ -119,13 +128,11 @@ def import_profile() -> dict[str, Any]:
 async def per_call(sb: Sandbox, state_dir: Path, calls: int, warmup: int = 30) -> dict[str, Any]:
     """The same balance read directly with httpx2, via MCP over stdio and via streamable HTTP, interleaved."""
     env = server_env(sb.api_url, state_dir, cache_seconds=0)
-    params = StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=env)
-    bare = StdioServerParameters(command=BARE_SERVER[0], args=BARE_SERVER[1:], env=env)
-    with open("/dev/null", "w") as quiet, http_server(env) as url:
+    with http_server(env) as url:
         async with (
-            Client(stdio_client(params, errlog=quiet)) as stdio,
+            stdio_server(env) as stdio,
             Client(url) as http,
-            Client(stdio_client(bare, errlog=quiet)) as floor,
+            stdio_server(env, BARE_SERVER) as floor,
             httpx2.AsyncClient(base_url=sb.api_url + "/", headers={"Authorization": f"Bearer {TOKEN}"}) as direct,
         ):
 
@@ -218,20 +225,16 @@ async def burst(sb: Sandbox, state_dir: Path, clients: int, calls_each: int) -> 
 
 async def memory(sb: Sandbox, state_dir: Path, calls: int) -> dict[str, Any]:
     """Resident size of the stdio server after start-up and its first call, and after `calls` more (cache off)."""
-    params = StdioServerParameters(
-        command=SERVER[0], args=SERVER[1:], env=server_env(sb.api_url, state_dir, cache_seconds=0)
-    )
-    with open("/dev/null", "w") as quiet:
-        async with Client(stdio_client(params, errlog=quiet)) as client:
-            await client.call_tool(TOOL, {})
-            pid = child_running(SERVER)
-            after_start = resident_mb(pid)
-            checkpoints = []
-            for done in range(1, calls + 1):
-                if (await client.call_tool(TOOL, {})).is_error:
-                    raise RuntimeError(f"{TOOL} failed during the benchmark")
-                if done % 1000 == 0:
-                    checkpoints.append({"calls": done, "rss_mb": resident_mb(pid)})
+    async with stdio_server(server_env(sb.api_url, state_dir, cache_seconds=0)) as client:
+        await client.call_tool(TOOL, {})
+        pid = child_running(SERVER)
+        after_start = resident_mb(pid)
+        checkpoints = []
+        for done in range(1, calls + 1):
+            if (await client.call_tool(TOOL, {})).is_error:
+                raise RuntimeError(f"{TOOL} failed during the benchmark")
+            if done % 1000 == 0:
+                checkpoints.append({"calls": done, "rss_mb": resident_mb(pid)})
     after = checkpoints[-1]["rss_mb"]
     return {
         "calls": calls,

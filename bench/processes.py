@@ -7,11 +7,14 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, SandboxControl
 
@@ -77,6 +80,15 @@ def server_env(api_url: str, state_dir: Path, cache_seconds: float | None) -> di
     if cache_seconds is not None:
         env["TENSORFEED_CACHE_SECONDS"] = f"{cache_seconds:g}"
     return env
+
+
+@asynccontextmanager
+async def stdio_server(env: dict[str, str], command: list[str] = SERVER) -> AsyncIterator[Client]:
+    """An SDK client connected over stdio to `command` (tensorfeed-mcp by default), its stderr discarded."""
+    params = StdioServerParameters(command=command[0], args=command[1:], env=env)
+    with open(os.devnull, "w") as quiet:
+        async with Client(stdio_client(params, errlog=quiet)) as client:
+            yield client
 
 
 @contextmanager

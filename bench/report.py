@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 TARGETS = {
@@ -119,5 +120,68 @@ def render(results: dict[str, Any]) -> str:
         + ", ".join(f"{point['calls']:,}: {point['rss_mb']:.1f}" for point in mem["checkpoints"])
         + " MiB.",
         "",
+        *context_section(results["context"]),
     ]
     return "\n".join(lines)
+
+
+def _size(size: int | None, tokens: int | None) -> tuple[str, str]:
+    return ("—", "—") if size is None or tokens is None else (f"{size:,} B", f"{tokens:,}")
+
+
+def _tool_row(row: dict[str, Any]) -> str:
+    target = f"≤ {row['target_bytes']:,} B"
+    if not row["measured"]:
+        note = row["note"].replace("|", "\\|").replace("\n", " ")
+        return f"| `{row['tool']}` | not measured: {note} | | | | {target} | |"
+    structured, text = (
+        _size(row["structured_bytes"], row["structured_tokens"]),
+        _size(row["text_bytes"], row["text_tokens"]),
+    )
+    return f"| `{row['tool']}` | {' | '.join(structured)} | {' | '.join(text)} | {target} | {verdict(row['met'])} |"
+
+
+def context_section(context: dict[str, Any]) -> list[str]:
+    """The "Context cost" section: each tool's answer and tools/list, in bytes and estimated tokens, with targets."""
+    listing = context["tools_list"]
+    visible, wire = listing["model_visible"], listing["wire"]
+    rules = ", ".join(f"{rule['kind']} {rule['threshold']}" for rule in context["alert_rules"])
+    return [
+        "## Context cost",
+        "",
+        "Every byte a tool returns is read by a language model. Claude Code gives the model",
+        "`JSON.stringify(structuredContent)` (compact JSON) when a result has structured content and drops the text",
+        "block; other hosts read the text block. One server over stdio (protocol "
+        f"{context['protocol_version']}), on the `{context['account']}`",
+        "demo account with a fresh state directory, the cache off and four alert rules (one of each kind), calls",
+        "every tool it lists once: with no arguments when it requires none, else with representative ones (below).",
+        "Destructive tools are called last, each followed by restoring the daily cap.",
+        "",
+        'Structured: `json.dumps(structured_content, separators=(",", ":"), ensure_ascii=False)` in UTF-8 bytes.',
+        "Text: the UTF-8 bytes of the text blocks. Token counts are estimated by a fixed rule,",
+        f"{context['token_rule']}, not counted by a tokenizer. The target applies to the structured JSON (to the text",
+        "if an answer has none).",
+        "",
+        "| tool | structured JSON | est. tokens | text | est. tokens | target | |",
+        "|---|---|---|---|---|---|---|",
+        *(_tool_row(row) for row in context["tools"]),
+        "",
+        f"Alert rules: {rules}. Arguments:",
+        "",
+        *(
+            f"- `{row['tool']}`: `{json.dumps(row['arguments'], separators=(',', ':'), ensure_ascii=False)}`, "
+            f"{row['arguments_why']}"
+            for row in context["tools"]
+            if row["arguments_why"]
+        ),
+        "",
+        f"tools/list, {listing['tools']} tools:",
+        "",
+        "| tools/list | bytes | est. tokens | target | |",
+        "|---|---|---|---|---|",
+        "| as the model sees it (each tool's name, title, description, inputSchema, annotations) | "
+        f"{visible['bytes']:,} B | {visible['tokens']:,} | ≤ {visible['target_bytes']:,} B | "
+        f"{verdict(visible['met'])} |",
+        f"| the whole result as sent (compact JSON) | {wire['bytes']:,} B | {wire['tokens']:,} | | |",
+        "",
+    ]

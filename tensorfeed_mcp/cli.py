@@ -15,7 +15,7 @@ from typing import cast
 import anyio
 
 from tensorfeed_mcp import __version__
-from tensorfeed_mcp.config import Settings, load_settings
+from tensorfeed_mcp.config import Settings, load_settings, redact_logs
 from tensorfeed_mcp.errors import ConfigurationError, TensorFeedError
 
 EXIT_OK, EXIT_TRIGGERED, EXIT_CANNOT_RUN = 0, 1, 2
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo()
         settings = load_settings()
+        redact_logs(settings)
         if command == "check":
             return anyio.run(_check, settings, args.json)
         return _serve(settings, args)
@@ -117,6 +118,9 @@ async def _check(settings: Settings, as_json: bool) -> int:
             check = await service.check_alerts()
     except TensorFeedError as exc:
         print(f"tensorfeed-mcp check: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except Exception as exc:  # exit 1 means "triggered", so no failure may fall through to a traceback
+        print(f"tensorfeed-mcp check: could not check ({type(exc).__name__}); please report this.", file=sys.stderr)
         return EXIT_CANNOT_RUN
     print(check.model_dump_json(indent=2) if as_json else format_alert_check(check))
     return EXIT_TRIGGERED if check.triggered else EXIT_OK

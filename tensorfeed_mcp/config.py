@@ -211,8 +211,13 @@ class SecretRedactor(logging.Filter):
         self._secrets = [secret for secret in secrets if secret]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_secrets(record.getMessage(), self._secrets)
-        record.args = None
+        # Arguments are redacted one by one, not merged into msg: formatters such as
+        # uvicorn's access log read record.args by position.
+        record.msg = redact_secrets(str(record.msg), self._secrets)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._redact_arg(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: self._redact_arg(arg) for key, arg in record.args.items()}
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -220,6 +225,11 @@ class SecretRedactor(logging.Filter):
         if record.stack_info:
             record.stack_info = redact_secrets(record.stack_info, self._secrets)
         return True
+
+    def _redact_arg(self, arg: object) -> object:
+        if arg is None or isinstance(arg, (bool, int, float)):
+            return arg
+        return redact_secrets(str(arg), self._secrets)
 
 
 def redact_logs(settings: Settings) -> None:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import Literal
 
+import uvicorn
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tensorfeed_mcp.account import AccountService
-from tensorfeed_mcp.config import is_loopback
+from tensorfeed_mcp.config import Settings, is_loopback, redact_logs
 from tensorfeed_mcp.errors import ConfigurationError
 from tensorfeed_mcp.server import AccountRuntime
 
@@ -24,6 +28,36 @@ logger = logging.getLogger(__name__)
 HttpTransport = Literal["streamable-http", "sse"]
 MAX_REQUEST_BODY_BYTES = 256 * 1024  # MCP requests to this server are small; refuse anything bigger early
 SHUTDOWN_GRACE_SECONDS = 3
+HEADER_TIMEOUT_SECONDS = 10
+MAX_CONNECTIONS = 100  # far below the usual 1,024 open files, so a flood cannot exhaust descriptors
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for a request's headers and a cap on open connections.
+
+    uvicorn waits for headers forever, so slow-header clients (slowloris) could hold every descriptor. Here a
+    connection beyond MAX_CONNECTIONS is closed at once, and one whose headers have not arrived within
+    HEADER_TIMEOUT_SECONDS is closed by uvicorn's own idle handler, which the first request's headers cancel.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > MAX_CONNECTIONS:
+            _warn_once_a_minute(f"Refusing connections beyond {MAX_CONNECTIONS} open at once.")
+            transport.close()
+            return
+        self.timeout_keep_alive_task = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self.timeout_keep_alive_handler)
+
+
+_last_warning: dict[str, float] = {}
+
+
+def _warn_once_a_minute(message: str) -> None:
+    """Log a warning at most once a minute, so an attack cannot flood the log."""
+    now = time.monotonic()
+    if now - _last_warning.get(message, -60.0) >= 60:
+        _last_warning[message] = now
+        logger.warning(message)
 
 
 def check_bind(host: str, auth_secret: str | None) -> None:
@@ -79,7 +113,7 @@ def build_http_app(
     server: MCPServer[AccountService],
     transport: HttpTransport,
     host: str,
-    auth_secret: str | None,
+    settings: Settings,
     extra_hosts: Sequence[str] = (),
 ) -> ASGIApp:
     security = transport_security(host, extra_hosts)
@@ -88,8 +122,13 @@ def build_http_app(
         app = server.sse_app(max_request_body_size=MAX_REQUEST_BODY_BYTES, transport_security=security, host=host)
     else:
         app = server.streamable_http_app(
-            max_request_body_size=MAX_REQUEST_BODY_BYTES, transport_security=security, host=host
+            max_request_body_size=MAX_REQUEST_BODY_BYTES,
+            transport_security=security,
+            host=host,
+            max_sessions=settings.max_sessions,
+            session_idle_timeout=settings.session_idle_seconds,
         )
+    auth_secret = settings.mcp_auth_token
     return BearerAuth(app, auth_secret) if auth_secret else app
 
 
@@ -102,11 +141,9 @@ async def serve_http(
     extra_hosts: Sequence[str] = (),
 ) -> None:
     """Listen until SIGINT or SIGTERM; the account client and watcher are opened once for the process."""
-    import uvicorn  # deferred: stdio serving never needs the web server
-
-    auth_secret = runtime.settings.mcp_auth_token
-    check_bind(host, auth_secret)
-    app = build_http_app(server, transport, host, auth_secret, extra_hosts)
+    settings = runtime.settings
+    check_bind(host, settings.mcp_auth_token)
+    app = build_http_app(server, transport, host, settings, extra_hosts)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -119,10 +156,12 @@ async def serve_http(
     shown_host = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(
         app,
+        http=BoundedH11Protocol,
         log_level="info",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         server_header=False,
     )
+    redact_logs(settings)  # again: uvicorn has just installed handlers of its own
     async with runtime.open():
         print(f"tensorfeed-mcp listening on http://{shown_host}:{bound_port}{path}", file=sys.stderr, flush=True)
         await uvicorn.Server(config).serve(sockets=[sock])

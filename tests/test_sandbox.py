@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gzip
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -13,6 +17,14 @@ import pytest
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, running_sandbox
 
 READS = ["payment/balance", "payment/usage", "payment/history", "payment/spend-cap"]
+MiB = 1024 * 1024
+# The fields the number-rewriting modes reach, by the answer that carries them (spelled out, not imported).
+NUMBERS_IN = {
+    "payment/balance": {"balance", "credits_remaining", "total_purchased"},
+    "payment/usage": {"token_balance", "total_calls", "total_credits_spent", "calls", "credits"},
+    "payment/history": {"credits_added", "amount_usd"},
+    "payment/spend-cap": {"daily_spent", "balance"},
+}
 
 
 @pytest.fixture
@@ -169,3 +181,202 @@ def test_a_sandbox_releases_its_port() -> None:
         url = first.url
     with pytest.raises(httpx2.ConnectError):
         httpx2.get(url + "/api/payment/balance", timeout=2)
+
+
+def fields_named(value: Any, names: set[str]) -> list[tuple[str, Any]]:
+    """Every (name, value) pair in a JSON value whose name is in `names`, at any depth."""
+    if isinstance(value, list):
+        return [pair for item in value for pair in fields_named(item, names)]
+    if not isinstance(value, dict):
+        return []
+    own = [(name, item) for name, item in value.items() if name in names]
+    return own + [pair for item in value.values() for pair in fields_named(item, names)]
+
+
+def timestamps_in(value: Any) -> list[str]:
+    """Every string in a JSON value that starts like an ISO date and time, in document order."""
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in timestamps_in(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in timestamps_in(item)]
+    return [value] if isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}T", value) else []
+
+
+def parsed(stamp: str) -> datetime:
+    """A service timestamp as an aware datetime; fails on anything else."""
+    moment = datetime.fromisoformat(stamp)
+    assert stamp.endswith("Z") and moment.tzinfo is not None
+    return moment
+
+
+def test_nested_answers_json_too_deep_to_parse_once(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    fresh_sandbox.control.set_fault("nested", count=1)
+    deep = api.get("payment/balance", headers=bearer())
+    assert deep.status_code == 200 and deep.headers["content-type"] == "application/json"
+    assert len(deep.content) < MiB and deep.content.startswith(b'{"ok": true, "balance": [[[')
+    with pytest.raises(RecursionError):
+        json.loads(deep.content)
+    assert api.get("payment/balance", headers=bearer()).json()["ok"] is True  # count=1: the next one is real
+
+
+def test_gzip_labels_bytes_that_are_not_gzip(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    fresh_sandbox.control.set_fault("gzip")
+    with pytest.raises(httpx2.DecodingError):
+        api.get("payment/balance", headers=bearer())
+    with api.stream("GET", "payment/balance", headers=bearer()) as response:
+        raw = b"".join(response.iter_raw())
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.headers["content-encoding"] == "gzip"
+    assert not raw.startswith(b"\x1f\x8b")
+    with pytest.raises(gzip.BadGzipFile):
+        gzip.decompress(raw)
+
+
+def test_redirect_points_away_from_the_service(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    fresh_sandbox.control.set_fault("redirect")
+    response = api.get("payment/balance", headers=bearer(), follow_redirects=False)
+    assert response.status_code == 302
+    assert response.headers["location"] == "https://elsewhere.example.net/steal?from=tensorfeed"
+    assert response.json() == {"ok": True, "balance": 1}
+
+
+def test_naive_time_strips_the_zone_from_every_timestamp(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    real = [stamp for path in READS for stamp in timestamps_in(api.get(path, headers=bearer()).json())]
+    fresh_sandbox.control.set_fault("naive_time")
+    naive = [stamp for path in READS for stamp in timestamps_in(api.get(path, headers=bearer()).json())]
+    assert len(real) > 25 and all(parsed(stamp) for stamp in real)
+    assert naive == [stamp.removesuffix("Z") for stamp in real]
+    assert all(datetime.fromisoformat(stamp).tzinfo is None for stamp in naive)
+    assert fresh_sandbox.control.account("busy")["created"].removesuffix("Z") in naive
+
+
+@pytest.mark.parametrize(
+    ("mode", "token", "is_rewritten"),
+    [
+        ("nan", b"NaN", lambda v: isinstance(v, float) and math.isnan(v)),
+        ("infinity", b"Infinity", lambda v: v == math.inf),
+        ("bool_number", b"true", lambda v: v is True),
+        ("string_number", b'"', lambda v: isinstance(v, str) and float(v) >= 0),
+    ],
+)
+def test_number_modes_rewrite_the_named_fields_only(
+    fresh_sandbox: RunningSandbox, api: httpx2.Client, mode: str, token: bytes, is_rewritten: Callable[[Any], bool]
+) -> None:
+    real = {path: api.get(path, headers=bearer()).json() for path in READS}
+    fresh_sandbox.control.set_fault(mode)
+    for path, names in NUMBERS_IN.items():
+        response = api.get(path, headers=bearer())
+        assert response.status_code == 200 and token in response.content
+        body = json.loads(response.content)
+        rewritten = fields_named(body, names)
+        assert {name for name, _ in rewritten} == names
+        assert all(is_rewritten(value) for _, value in rewritten), (path, rewritten)
+        untouched = set(real[path]) - names - {"by_endpoint", "recent", "purchases", "reset_at"}
+        assert {name: body[name] for name in untouched} == {name: real[path][name] for name in untouched}
+
+
+def test_string_number_stringifies_the_accounts_real_values(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    account = fresh_sandbox.control.account("busy")
+    fresh_sandbox.control.set_fault("string_number")
+    balance = api.get("payment/balance", headers=bearer()).json()
+    assert (balance["balance"], balance["credits_remaining"]) == (str(account["balance"]),) * 2
+    assert balance["total_purchased"] == str(account["total_purchased"])
+    cap = api.get("payment/spend-cap", headers=bearer()).json()
+    assert (cap["daily_spent"], cap["balance"]) == (str(account["spent_today"]), str(account["balance"]))
+    assert cap["daily_cap"] == account["daily_cap"]  # not a named field: still a number
+    usage = api.get("payment/usage", headers=bearer()).json()
+    assert usage["token_balance"] == str(account["balance"]) and usage["total_calls"] == str(len(account["calls"]))
+    assert usage["total_credits_spent"] == str(sum(call["credits"] for call in account["calls"]))
+    assert [entry["credits"] for entry in usage["recent"]] == [str(call["credits"]) for call in account["calls"][:25]]
+    assert sum(int(entry["calls"]) for entry in usage["by_endpoint"].values()) == len(account["calls"])
+    purchases = api.get("payment/history", headers=bearer()).json()["purchases"]
+    expected = [(str(p["amount_usd"]), str(p["credits_added"])) for p in account["purchases"]]
+    assert [(p["amount_usd"], p["credits_added"]) for p in purchases] == expected
+
+
+def test_body_rewrites_keep_the_real_status_and_headers_and_honour_count(
+    fresh_sandbox: RunningSandbox, api: httpx2.Client
+) -> None:
+    real_balance = fresh_sandbox.control.account("busy")["balance"]
+    fresh_sandbox.control.set_fault("nan", count=3)
+    assert error_of(api.get("payment/balance")) == (401, "token_required")  # rewritten too (nothing to rewrite)
+    rewritten = api.get("payment/balance", headers=bearer())
+    assert rewritten.headers["cache-control"] == "public, max-age=0" and "date" in rewritten.headers
+    assert int(rewritten.headers["content-length"]) == len(rewritten.content)
+    assert math.isnan(json.loads(rewritten.content)["balance"])
+    assert math.isnan(json.loads(api.get("payment/usage", headers=bearer()).content)["token_balance"])
+    assert api.get("payment/balance", headers=bearer()).json()["balance"] == real_balance  # count=3 used up
+
+
+def test_huge_lists_pad_usage_and_history_with_valid_entries(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    real_endpoints = set(api.get("payment/usage", headers=bearer()).json()["by_endpoint"])
+    fresh_sandbox.control.set_fault("huge_lists")
+    for account in ("busy", "new"):  # `new` has no calls: its padding cannot follow on from an oldest entry
+        usage_answer = api.get("payment/usage", headers=bearer(account))
+        history_answer = api.get("payment/history", headers=bearer(account))
+        assert len(usage_answer.content) < MiB and len(history_answer.content) < MiB
+        usage, history = usage_answer.json(), history_answer.json()
+        assert len(usage["recent"]) == len(history["purchases"]) == 5_000
+        padding = {name for name in usage["by_endpoint"] if name.startswith("/api/premium/padding/")}
+        assert len(padding) == 5_000
+        if account == "busy":
+            assert set(usage["by_endpoint"]) == real_endpoints | padding
+        for entry in usage["by_endpoint"].values():
+            assert entry["calls"] >= 1 and entry["credits"] >= 1 and parsed(entry["last_seen"])
+        assert all(
+            set(entry) == {"endpoint", "credits", "at"} and entry["credits"] == 1 for entry in usage["recent"][25:]
+        )
+        times = [parsed(entry["at"]) for entry in usage["recent"]]
+        assert times == sorted(times, reverse=True)
+        assert len({p["tx_hash"] for p in history["purchases"]}) == 5_000
+        confirmed = [parsed(p["confirmed_at"]) for p in history["purchases"]]
+        assert confirmed == sorted(confirmed, reverse=True)
+
+
+def test_cap_apply_500_applies_the_cap_then_fails(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    control = fresh_sandbox.control
+    control.set_fault("cap_apply_500", count=1)
+    assert api.get("payment/spend-cap", headers=bearer()).json()["daily_cap"] == 200  # GETs pass and keep the count
+    assert api.get("payment/balance", headers=bearer()).status_code == 200
+    assert error_of(api.post("payment/spend-cap", headers=bearer(), json={"daily_cap": 500})) == (500, "internal_error")
+    assert control.account("busy")["daily_cap"] == 500
+    assert api.get("payment/spend-cap", headers=bearer()).json()["daily_cap"] == 500
+    after = api.post("payment/spend-cap", headers=bearer(), json={"daily_cap": 600})
+    assert after.status_code == 200 and after.json()["daily_cap"] == 600  # count=1 was spent by the one POST
+
+
+def test_custom_serves_exactly_the_spec(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    control = fresh_sandbox.control
+    body = '{"ok": true, "balance": "zwölf ✓"}'
+    extra = {"X-Upstream": "teapot", "Retry-After": "7"}
+    control.set_fault("custom", count=1, status=418, body=body, content_type="text/plain; charset=utf-8", headers=extra)
+    served = api.get("payment/balance", headers=bearer())
+    assert (served.status_code, served.content) == (418, body.encode())
+    assert served.headers["content-type"] == "text/plain; charset=utf-8"
+    assert (served.headers["x-upstream"], served.headers["retry-after"]) == ("teapot", "7")
+    assert api.get("payment/balance", headers=bearer()).status_code == 200
+    control.set_fault("custom", body="[]")
+    default = api.get("payment/usage", headers=bearer())
+    assert (default.status_code, default.headers["content-type"], default.json()) == (200, "application/json", [])
+    control.set_fault("custom", status=503, content_type="")
+    bare = api.get("payment/usage", headers=bearer())
+    assert (bare.status_code, bare.content, "content-type" in bare.headers) == (503, b"", False)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"status": 99},
+        {"status": "200"},
+        {"body": {"ok": True}},
+        {"headers": {"Content-Length": "1"}},
+        {"headers": {"Content-Type": "text/html"}},
+        {"headers": {"X-Bad": "line\r\nbreak"}},
+        {"status": 204, "body": "x"},
+        {"bogus": 1},
+    ],
+)
+def test_custom_refuses_what_http_cannot_carry(fresh_sandbox: RunningSandbox, options: dict[str, Any]) -> None:
+    with pytest.raises(httpx2.HTTPStatusError) as refused:
+        fresh_sandbox.control.set_fault("custom", **options)
+    assert refused.value.response.status_code == 400

@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint npm bench clean
 
 # The venv is rebuilt when pyproject.toml changes; the stamp records which extras are in it.
 $(BIN)/python:
@@ -25,8 +25,14 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check tensorfeed_mcp tests bench
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/pytest -q
+# The conformance tests run the official MCP suite, which needs npm (it fetches its own Node 22).
+npm:
+	@command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q nodejs npm; \
+	  else echo "make test needs npm for the MCP conformance suite: run  sudo apt-get install -y nodejs npm"; exit 1; fi; }
+
+test: lint npm
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench

@@ -14,6 +14,7 @@ from tensorfeed_mcp.client import Fetched, TensorFeedClient, validate_spend_cap
 from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint
 from tensorfeed_mcp.errors import InvalidInputError, StateStoreError, UpstreamError, shown
 from tensorfeed_mcp.models import (
+    DEFAULT_RECENT_LIMIT,
     AccountBalance,
     AccountUsage,
     AlertCheck,
@@ -64,7 +65,8 @@ class AccountService:
             "token": mask_token(self._settings.require_token()),
         }
 
-    async def usage(self, endpoint: str | None = None) -> AccountUsage:
+    async def usage(self, endpoint: str | None = None, recent_limit: int = DEFAULT_RECENT_LIMIT) -> AccountUsage:
+        """Usage per endpoint, filtered to endpoints containing `endpoint`, with the newest `recent_limit` calls."""
         fetched = await self._client.usage()
         usage = fetched.data
         needle = endpoint.strip().lower() if endpoint and endpoint.strip() else None
@@ -90,7 +92,7 @@ class AccountService:
             total_calls=sum(agg.calls for agg in aggregates.values()) if needle else usage.total_calls,
             total_credits_spent=total_credits,
             by_endpoint=by_endpoint,
-            recent=[UsageCall(endpoint=c.endpoint, credits=c.credits, at=c.at) for c in recent],
+            recent=[UsageCall(endpoint=c.endpoint, credits=c.credits, at=c.at) for c in recent[:recent_limit]],
             window_start=min((c.at for c in usage.recent), default=None),
             window_end=max((c.at for c in usage.recent), default=None),
             buffer_full=usage.total_calls >= 100,

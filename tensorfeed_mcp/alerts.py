@@ -38,12 +38,6 @@ KINDS_HELP = (
     "runway_below_hours (hours)"
 )
 
-BURN_RATE_METHOD = (
-    "The burn rate is the credits of the calls in the usage ring buffer over the last 24 hours, divided by the "
-    "hours those calls cover: 24, or less when the visible calls reach back less far (the service lists the "
-    "newest 25), never less than 1 hour. Runway is balance divided by burn rate."
-)
-
 
 def make_rule(
     kind: str, threshold: float, name: str | None = None, source: Literal["user", "env"] = "user"

@@ -36,9 +36,13 @@ class BoundedH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a deadline for a request's headers and a cap on open connections.
 
     uvicorn waits for headers forever, so slow-header clients (slowloris) could hold every descriptor. Here a
-    connection beyond MAX_CONNECTIONS is closed at once, and one whose headers have not arrived within
-    HEADER_TIMEOUT_SECONDS is closed by uvicorn's own idle handler, which the first request's headers cancel.
+    connection beyond MAX_CONNECTIONS is closed at once, and one whose request headers are not complete within
+    HEADER_TIMEOUT_SECONDS (of connecting, or of the previous response) is closed. The deadline is a timer of its
+    own: uvicorn cancels its keep-alive timer on any byte received, so a client sending headers a byte at a time
+    would otherwise never be timed out.
     """
+
+    header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -46,7 +50,29 @@ class BoundedH11Protocol(H11Protocol):
             _warn_once_a_minute(f"Refusing connections beyond {MAX_CONNECTIONS} open at once.")
             transport.close()
             return
-        self.timeout_keep_alive_task = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self.timeout_keep_alive_handler)
+        self._start_header_deadline()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete:  # a request's headers are in
+            self._stop_header_deadline()
+
+    def on_response_complete(self) -> None:
+        self._start_header_deadline()  # for the next request's headers; a pipelined request already in stops it
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_deadline()
+        super().connection_lost(exc)
+
+    def _start_header_deadline(self) -> None:
+        self._stop_header_deadline()
+        self.header_deadline = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self.timeout_keep_alive_handler)
+
+    def _stop_header_deadline(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
 
 
 _last_warning: dict[str, float] = {}

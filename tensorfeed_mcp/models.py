@@ -12,6 +12,8 @@ MAX_UPSTREAM_TEXT = 200
 MAX_UPSTREAM_ENDPOINTS = 1000
 MAX_UPSTREAM_CALLS = 100
 MAX_UPSTREAM_PURCHASES = 1000
+DEFAULT_RECENT_LIMIT = 5
+MAX_RECENT_LIMIT = 25  # the service lists at most 25 recent calls
 # Controls, format characters (bidi overrides, zero-width, tags) and line/paragraph separators: characters that
 # can make text read differently than it is, or carry hidden instructions.
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -158,8 +160,8 @@ class AccountUsage(AccountResult):
     total_calls: int = Field(description="Calls in the window (at most 100: the service keeps only the last 100).")
     total_credits_spent: int = Field(description="Credits spent by the calls in the window.")
     by_endpoint: list[EndpointUsage] = Field(description="Per endpoint, most credits first.")
-    recent: list[UsageCall] = Field(description="The newest calls, newest first (the service returns at most 25).")
-    window_start: datetime | None = Field(description="Time of the oldest call listed in recent.")
+    recent: list[UsageCall] = Field(description="The newest calls, newest first, as many as recent_limit asked for.")
+    window_start: datetime | None = Field(description="Time of the oldest call the service listed (of up to 25).")
     window_end: datetime | None = Field(description="Time of the newest call.")
     buffer_full: bool = Field(
         description="True at 100 calls: older calls have rolled off upstream and are not counted."
@@ -257,7 +259,11 @@ class AlertCheck(AccountResult):
         description="False when daily_spent comes from the usage buffer and older calls from today may be "
         "missing from it: then it is a lower bound."
     )
-    burn_rate_credits_per_hour: float
+    burn_rate_credits_per_hour: float = Field(
+        description="The credits of the calls in the usage ring buffer over the last 24 hours, divided by the "
+        "hours those calls cover: 24, or less when the visible calls reach back less far (the service lists the "
+        "newest 25), never less than 1 hour."
+    )
     burn_rate_lookback_hours: float = Field(description="The span of recent usage the burn rate was measured over.")
     runway_hours: float | None = Field(description="balance / burn rate; null when nothing is being spent.")
     state_error: str | None = Field(

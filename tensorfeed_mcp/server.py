@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,7 @@ from mcp.types import (
     LoggingLevel,
     SetLevelRequestParams,
     SubscribeRequestParams,
+    TextContent,
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
@@ -42,10 +44,12 @@ from pydantic_core import PydanticCustomError
 
 from tensorfeed_mcp import __version__
 from tensorfeed_mcp.account import AccountService
-from tensorfeed_mcp.alerts import BURN_RATE_METHOD, KINDS_HELP, MAX_NAME_LENGTH
+from tensorfeed_mcp.alerts import KINDS_HELP, MAX_NAME_LENGTH
 from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import TensorFeedError, shown
 from tensorfeed_mcp.models import (
+    DEFAULT_RECENT_LIMIT,
+    MAX_RECENT_LIMIT,
     MAX_UPSTREAM_TEXT,
     AccountBalance,
     AccountSummary,
@@ -143,8 +147,14 @@ def check_arguments(tool: Tool, arguments: dict[str, Any]) -> None:
         raise ToolError(error["msg"] if error["type"] == "invalid_argument" else f"{name} is not valid.") from None
 
 
+def compact_json(value: Any) -> str:
+    """`value` as JSON without whitespace, non-ASCII characters kept as they are."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 class AccountServer(MCPServer[AccountService]):
-    """MCPServer that checks a call's arguments itself first, so the caller reads what is accepted."""
+    """MCPServer that checks a call's arguments itself first, so the caller reads what is accepted, and whose
+    text block is the structured result as compact JSON (the SDK indents it, which costs a model's context)."""
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AccountService, Any] | None = None
@@ -152,7 +162,10 @@ class AccountServer(MCPServer[AccountService]):
         tool = self._tool_manager.get_tool(name)
         if tool is not None:
             check_arguments(tool, arguments)
-        return await super().call_tool(name, arguments, context)
+        result = await super().call_tool(name, arguments, context)
+        if isinstance(result, CallToolResult) and result.structured_content is not None:
+            result.content = [TextContent(text=compact_json(result.structured_content))]
+        return result
 
 
 tool_errors = reported_as(ToolError)
@@ -285,10 +298,9 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         title="Account usage",
         annotations=READ_ONLY,
         description=(
-            "What is spending the token's credits: totals and per-endpoint calls and credits (most credits first, "
-            "with share of spend) over the service's ring buffer of the last 100 premium calls, plus the newest "
-            "calls. buffer_full means older calls rolled off and are not counted. `endpoint` filters to endpoints "
-            "containing that text."
+            "What is spending the token's credits, per endpoint (most credits first), over the service's memory "
+            "of the last 100 premium calls, plus the newest calls. buffer_full: older calls rolled off and are "
+            "not counted."
         ),
     )
     @tool_errors
@@ -300,8 +312,14 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             explained(f"endpoint must be text of at most {MAX_UPSTREAM_TEXT} characters (e.g. 'routing'), or null."),
             Field(description="Only endpoints whose path contains this text, e.g. 'routing'."),
         ] = None,
+        recent_limit: Annotated[
+            StrictInt,
+            Field(ge=0, le=MAX_RECENT_LIMIT),
+            explained(f"recent_limit must be a whole number from 0 to {MAX_RECENT_LIMIT}."),
+            Field(description=f"How many of the newest calls to list, 0 to {MAX_RECENT_LIMIT}."),
+        ] = DEFAULT_RECENT_LIMIT,
     ) -> AccountUsage:
-        return await account(ctx).usage(endpoint)
+        return await account(ctx).usage(endpoint, recent_limit)
 
     @server.tool(
         title="Account balance",
@@ -343,9 +361,8 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True
         ),
         description=(
-            "Set the daily credit cap TensorFeed enforces on the token: an integer from 1 to 1,000,000 (to remove "
-            "it, use clear_spend_cap). Returns the new cap state and previous_cap. Change it only when the user "
-            "asks to limit spending."
+            "Set the daily credit cap TensorFeed enforces on the token (clear_spend_cap removes it). Only when the "
+            "user asks to limit spending."
         ),
     )
     @tool_errors
@@ -369,8 +386,8 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=True
         ),
         description=(
-            "Remove the daily credit cap, so TensorFeed no longer limits the token's daily spend. Returns the cap "
-            "state and previous_cap. Only when the user explicitly asks to lift the limit."
+            "Remove the daily credit cap, so TensorFeed no longer limits the token's daily spend. Only when the "
+            "user explicitly asks to lift the limit."
         ),
     )
     @tool_errors
@@ -381,10 +398,9 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         title="Set spend alert",
         annotations=LOCAL_WRITE,
         description=(
-            f"Create a local alert rule, or update the rule with that name. Kinds: {KINDS_HELP}. A rule triggers "
-            "when the balance falls below, today's spend rises above, the share of the daily cap used rises above, "
-            "or the forecast runway falls below its threshold. name defaults to the kind. Rules are kept on this "
-            "machine for this token; check_spend_alerts evaluates them."
+            "Create a local alert rule, or update the rule with that name; kept on this machine for this token. It "
+            "triggers when the balance falls below, today's spend rises above, the share of the daily cap used "
+            "rises above, or the forecast runway falls below its threshold."
         ),
     )
     @tool_errors
@@ -434,10 +450,9 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         title="Check spend alerts",
         annotations=READ_ONLY,
         description=(
-            "Evaluate every alert rule now against fresh balance, usage and spend cap. Returns each rule's status "
-            "(ok, triggered, not_applicable when it needs a cap and none is set, unknown when data is missing), "
-            "since when it has been triggered, today's spend (from the service when a cap is set, else summed from "
-            f"the usage buffer, then possibly a lower bound), the burn rate and runway. {BURN_RATE_METHOD}"
+            "Evaluate every alert rule now against fresh balance, usage and spend cap: each rule's status "
+            "(not_applicable: needs a cap and none is set; unknown: data missing) and since when it is triggered, "
+            "today's spend, the burn rate and the runway."
         ),
     )
     @tool_errors

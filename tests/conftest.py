@@ -1,7 +1,7 @@
 """Shared fixtures: a sandbox over real HTTP, settings pointing at it, MCP clients, and a record of all output.
 
 Everything a test sees from the server (tool results, errors, resources, stderr, HTTP bodies, log records)
-goes through `record`, so test_zz_token_hygiene.py can check that no token ever appeared in any of it.
+goes through `record`, and at the end of the session every process checks that no token appeared in any of it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, running_sandbox
 from tensorfeed_mcp.server import AccountRuntime, build_server
 
 CAPTURED: list[str] = []
+WATCHED_TOKENS: list[str] = list(DEMO_TOKENS.values())
+"""Tokens that must appear nowhere in CAPTURED; test modules add the ones they make up."""
 MODES = ["legacy", "2026-07-28"]
 
 
@@ -43,6 +45,17 @@ _handler = _RecordLogs(level=logging.DEBUG)
 _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s %(exc_text)s"))
 logging.getLogger().addHandler(_handler)
 logging.getLogger("tensorfeed_mcp").setLevel(logging.INFO)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_token_in_anything_captured() -> Iterator[None]:
+    """After the last test of this process (each xdist worker is one), scan all it captured for a token."""
+    yield
+    assert len(CAPTURED) >= 10, "the tests should have recorded what the server produced"
+    for number, text in enumerate(CAPTURED):
+        for token in WATCHED_TOKENS:
+            if token[8:] in text:  # not even without its prefix; the token itself is not printed here either
+                pytest.fail(f"captured output no. {number} contains the token {token[:10]}…", pytrace=False)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import MODES, Caller, in_memory, settings_for
+from conftest import MODES, WATCHED_TOKENS, Caller, in_memory, settings_for
 
 from tensorfeed_mcp.sandbox import RunningSandbox
 
@@ -30,6 +30,7 @@ DEADLINE_MARGIN_SECONDS = 1.5  # scheduling slack on top of the 2 x timeout_seco
 UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 UNKNOWN_TOKEN = "tf_live_" + "0123456789abcdef" * 4  # well formed, but no account has it
 BAD_PREFIX_TOKEN = "sk_live_notatensorfeedtoken"
+WATCHED_TOKENS.append(BAD_PREFIX_TOKEN)
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -70,3 +71,18 @@ async def test_a_bad_token_over_stdio_is_an_error_result_and_the_server_keeps_se
             assert "sk_live_notatensorfeedtoken" not in message
             assert len((await client.list_tools()).tools) == 9
     assert "sk_live_notatensorfeedtoken" not in read_recorded(tmp_path / "stderr.log")
+
+
+async def test_the_text_block_is_the_structured_result_as_compact_json(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """Hosts that read the text block get the same facts as structuredContent, without indentation."""
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        params = stdio_params(settings_for(sandbox, tmp_path / "state"))
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            caller = Caller(client)
+            for tool in ("get_account_balance", "get_account_usage", "get_payment_history", "check_spend_alerts"):
+                result = await caller.raw(tool)
+                assert [block.type for block in result.content] == ["text"]
+                text = result.content[0].text  # type: ignore[union-attr]
+                assert json.loads(text) == result.structured_content
+                assert text == json.dumps(result.structured_content, separators=(",", ":"), ensure_ascii=False)
+    read_recorded(tmp_path / "stderr.log")

@@ -55,7 +55,8 @@ async def test_every_tool_is_typed_titled_and_annotated(sandbox: RunningSandbox,
     cap = tools["set_spend_cap"].annotations
     assert cap is not None and cap.read_only_hint is False and cap.destructive_hint is False
     assert "runway" in tools["check_spend_alerts"].description.lower()  # type: ignore[union-attr]
-    assert "24 hours" in tools["check_spend_alerts"].description  # type: ignore[operator]
+    burn_rate = tools["check_spend_alerts"].output_schema["properties"]["burn_rate_credits_per_hour"]  # type: ignore[index]
+    assert "24 hours" in burn_rate["description"]
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])  # a version pin skips discovery, so it has no instructions
@@ -101,11 +102,31 @@ async def test_usage_aggregates_the_ring_buffer(sandbox: RunningSandbox, tmp_pat
     assert sum(row["share_pct"] for row in rows) == pytest.approx(100, abs=0.5)
     top = rows[0]
     assert top["share_pct"] == pytest.approx(100 * top["credits"] / total, abs=0.05)
-    assert [(c["endpoint"], c["credits"], when(c["at"])) for c in usage["recent"]] == [
-        (c["endpoint"], c["credits"], when(c["at"])) for c in calls[:25]
-    ]
+    assert listed(usage["recent"]) == listed(calls[:5])  # recent_limit defaults to 5
     assert when(usage["window_end"]) == when(calls[0]["at"])
-    assert when(usage["window_start"]) == when(calls[24]["at"])
+    assert when(usage["window_start"]) == when(calls[24]["at"])  # the service lists 25, whatever is shown
+
+
+def listed(calls: list[dict[str, Any]]) -> list[tuple[str, int, datetime]]:
+    return [(c["endpoint"], c["credits"], when(c["at"])) for c in calls]
+
+
+@pytest.mark.parametrize("limit", [0, 1, 25])
+async def test_recent_limit_chooses_how_many_calls_are_listed(
+    sandbox: RunningSandbox, tmp_path: Path, limit: int
+) -> None:
+    calls = sandbox.control.account("busy")["calls"]
+    async with in_memory(settings_for(sandbox, tmp_path)) as client:
+        usage = await Caller(client).ok("get_account_usage", recent_limit=limit)
+    assert listed(usage["recent"]) == listed(calls[:limit])
+    assert usage["total_calls"] == 100 and when(usage["window_start"]) == when(calls[24]["at"])
+
+
+@pytest.mark.parametrize("limit", [-1, 26, 2.5, "5", None])
+async def test_recent_limit_outside_0_to_25_is_refused(sandbox: RunningSandbox, tmp_path: Path, limit: object) -> None:
+    async with in_memory(settings_for(sandbox, tmp_path)) as client:
+        message = await Caller(client).error("get_account_usage", recent_limit=limit)
+    assert message == "recent_limit must be a whole number from 0 to 25."
 
 
 async def test_usage_filters_by_endpoint_text(sandbox: RunningSandbox, tmp_path: Path) -> None:

@@ -1,7 +1,5 @@
-"""Runs last: no token may appear in anything the server produced during the whole suite.
-
-Every other test records tool results, errors, resources, HTTP bodies, subprocess stderr and log records via
-conftest.record; this file adds a sentinel token pushed through every surface, then scans all of it.
+"""A sentinel token pushed through every surface; conftest's end-of-session scan then looks for it (and the
+demo tokens) in everything every test recorded: tool results, errors, resources, HTTP bodies, stderr, logs.
 """
 
 from __future__ import annotations
@@ -10,15 +8,15 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import CAPTURED, MODES, Caller, in_memory, read_recorded, record, settings_for, stdio_params
+from conftest import MODES, WATCHED_TOKENS, Caller, in_memory, read_recorded, record, settings_for, stdio_params
 from mcp import Client
 from mcp.client.stdio import stdio_client
 
 from tensorfeed_mcp.config import token_fingerprint
-from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
+from tensorfeed_mcp.sandbox import RunningSandbox
 
 SENTINEL = "tf_live_5e171e1" + "0123456789abcdef" * 3 + "5e171e1ab"
-BAD_PREFIX_TOKENS = ["sk_live_notatensorfeedtoken"]
+WATCHED_TOKENS.append(SENTINEL)
 
 
 @pytest.mark.anyio
@@ -48,11 +46,3 @@ async def test_a_sentinel_token_through_every_surface(sandbox: RunningSandbox, t
     async with in_memory(settings_for(sandbox, tmp_path, timeout_seconds=0.3)) as client:
         await Caller(client).error("get_account_balance")
     sandbox.control.clear_fault()
-
-
-def test_no_token_appears_in_anything_captured() -> None:
-    assert len(CAPTURED) >= 10, "the suite should have recorded what the server produced"
-    everything = "\n".join(CAPTURED)
-    for token in [*DEMO_TOKENS.values(), SENTINEL, *BAD_PREFIX_TOKENS]:
-        assert token not in everything
-        assert token[8:] not in everything  # not even without its prefix

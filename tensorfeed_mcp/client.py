@@ -20,7 +20,7 @@ import httpx2
 from pydantic import BaseModel, ValidationError
 
 from tensorfeed_mcp import __version__
-from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.config import REDACTED, TOKEN_PREFIX, Settings
 from tensorfeed_mcp.errors import (
     InvalidInputError,
     InvalidResponseError,
@@ -233,7 +233,7 @@ class TensorFeedClient:
                     method, path, json=body, headers=headers, timeout=timeout
                 ) as response:
                     raw = await self._read_capped(response)
-            return self._interpret(response, raw)
+            return self._interpret(response, raw, token.removeprefix(TOKEN_PREFIX))
         except UpstreamError:
             raise
         except (TimeoutError, httpx2.TimeoutException):
@@ -271,17 +271,19 @@ class TensorFeedClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _interpret(self, response: httpx2.Response, raw: bytes) -> _Answer:
+    def _interpret(self, response: httpx2.Response, raw: bytes, secret: str) -> _Answer:
+        """The answer's payload, or the UpstreamError it amounts to. Nothing the service sent keeps `secret` (the
+        token's own part): a broken or hostile service could echo the token, and its text reaches the model."""
         status = response.status_code
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         is_json = content_type == "application/json" or content_type.endswith("+json")
         if 300 <= status < 400:
-            location = urlsplit(response.headers.get("location", ""))
-            raise RedirectedError(status, clean_upstream_text(location.hostname or "", 100))
+            host = urlsplit(response.headers.get("location", "")).hostname or ""
+            raise RedirectedError(status, clean_upstream_text(host.replace(secret, REDACTED), 100))
         payload: Any = None
         if is_json:
             try:
-                payload = json.loads(raw, parse_constant=_refuse_constant)
+                payload = _without(secret, json.loads(raw, parse_constant=_refuse_constant))
             except RecursionError:
                 raise InvalidResponseError(
                     "TensorFeed's answer was JSON nested too deeply to read; this is not a normal account answer."
@@ -314,6 +316,17 @@ class TensorFeedClient:
         if not isinstance(payload, dict) or payload.get("ok") is not True:
             raise InvalidResponseError("TensorFeed's answer did not say ok. Try again shortly.")
         return _Answer(payload=payload, as_of=_service_time(response), received_at=anyio.current_time())
+
+
+def _without(secret: str, value: Any) -> Any:
+    """Parsed JSON `value` with `secret` replaced wherever it occurs, in keys and strings."""
+    if isinstance(value, str):
+        return value.replace(secret, REDACTED)
+    if isinstance(value, list):
+        return [_without(secret, item) for item in value]
+    if isinstance(value, dict):
+        return {_without(secret, key): _without(secret, item) for key, item in value.items()}
+    return value
 
 
 class _NotANumber(ValueError):

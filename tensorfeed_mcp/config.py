@@ -17,6 +17,7 @@ from tensorfeed_mcp.models import AlertRule
 
 DEFAULT_API_URL = "https://tensorfeed.ai/api"
 TOKEN_PREFIX = "tf_live_"
+REDACTED = "[redacted]"
 TOKEN_PATTERN = re.compile(r"tf_live_[0-9a-f]{64}")
 # Anything that looks like a token, complete or not, for redaction from logs.
 TOKEN_LIKE = re.compile(r"tf_live_[^\s\"'<>,;]*")
@@ -199,7 +200,7 @@ def redact_secrets(text: str, secrets: Iterable[str | None] = ()) -> str:
     """`text` with anything shaped like a token, and each given secret, replaced by a marker."""
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "[redacted]")
+            text = text.replace(secret, REDACTED)
     return TOKEN_LIKE.sub("tf_live_[redacted]", text)
 
 

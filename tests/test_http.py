@@ -96,6 +96,15 @@ def clean_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
     return {**base, **server_env(settings), **(extra or {})}
 
 
+def wait_or_kill(process: subprocess.Popen[Any]) -> None:
+    """Wait up to 10 s for `process` to exit, then kill it."""
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 @contextmanager
 def serving(
     settings: Settings, transport: str = "streamable-http", *args: str, env: dict[str, str] | None = None
@@ -124,11 +133,7 @@ def serving(
     finally:
         if process.poll() is None:
             process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        wait_or_kill(process)
         reader.join(10)
         seen("".join(lines))
 

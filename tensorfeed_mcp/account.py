@@ -169,7 +169,9 @@ class AccountService:
         deleted = await anyio.to_thread.run_sync(self._store.delete_rule, self._fingerprint(), name)
         if deleted is None:
             names = [rule.name for rule in await self.rules()]
-            listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+            listed = ", ".join(shown(other) for other in names[:5])
+            if len(names) > 5:
+                listed += f" and {len(names) - 5} more"
             raise InvalidInputError(f"No alert named {shown(name)}. Rules in force: {listed or 'none'}.")
         rule, remaining = deleted
         return AlertRuleDeleted(deleted=rule, rule_count=len(self._env_rules) + remaining)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -278,7 +279,7 @@ class TensorFeedClient:
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         is_json = content_type == "application/json" or content_type.endswith("+json")
         if 300 <= status < 400:
-            host = urlsplit(response.headers.get("location", "")).hostname or ""
+            host = _host_of(response.headers.get("location", ""))
             raise RedirectedError(status, clean_upstream_text(host.replace(secret, REDACTED), 100))
         payload: Any = None
         if is_json:
@@ -356,20 +357,30 @@ def _error_fields(payload: Any) -> tuple[str, str]:
 
 
 def _retry_after(response: httpx2.Response) -> float | None:
+    """Seconds the service asked us to wait (a number or an HTTP date); None when absent or unreadable."""
     value = response.headers.get("retry-after", "").strip()
     try:
-        return max(0.0, float(value)) if value else None
+        seconds = float(value) if value else None
     except ValueError:
         try:
-            return max(0.0, (parsedate_to_datetime(value) - _service_time(response)).total_seconds())
-        except (TypeError, ValueError):
+            seconds = (parsedate_to_datetime(value) - _service_time(response)).total_seconds()
+        except (TypeError, ValueError, OverflowError):
             return None
+    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
+
+
+def _host_of(location: str) -> str:
+    """The host a redirect points to; empty when there is none or the Location is not a readable URL."""
+    try:
+        return urlsplit(location).hostname or ""
+    except ValueError:  # an unclosed IPv6 bracket, say
+        return ""
 
 
 def _service_time(response: httpx2.Response) -> datetime:
-    """The service's clock from the Date header, so 'today' matches the service's UTC day."""
+    """The service's clock from the Date header, so 'today' matches the service's UTC day; ours if it has none."""
     try:
         when = parsedate_to_datetime(response.headers.get("date", ""))
-    except (TypeError, ValueError):
+        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    except (TypeError, ValueError, OverflowError):  # missing, malformed, or beyond datetime's range in UTC
         return datetime.now(UTC)
-    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)

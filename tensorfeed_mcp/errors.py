@@ -18,8 +18,15 @@ TOKEN_HELP = (
 
 
 def shown(text: str, limit: int = 40) -> str:
-    """A short quoted prefix of text someone gave us, so no error echoes a huge or multi-line value."""
-    return repr(text if len(text) <= limit else text[:limit] + "…")
+    """A quoted prefix of text someone gave us, at most `limit` characters as shown (escapes count at their
+    shown length), so no error echoes a huge or multi-line value."""
+    quoted = repr(text)
+    if len(quoted) <= limit + 2:
+        return quoted
+    prefix = text[:limit]
+    while len(repr(prefix)) > limit + 2:
+        prefix = prefix[:-1]
+    return repr(prefix + "…")
 
 
 class TensorFeedError(Exception):

@@ -38,7 +38,8 @@ def _require_time(value: object) -> object:
 UpstreamText = Annotated[str, AfterValidator(clean_upstream_text)]
 # A timestamp without a zone is refused rather than guessed: the contract promises UTC with a Z.
 UpstreamTime = Annotated[AwareDatetime, BeforeValidator(_require_time)]
-Count = Annotated[int, Field(strict=True)]
+# Within what a float (and a JavaScript client) holds exactly, so arithmetic with a count can never overflow.
+Count = Annotated[int, Field(strict=True, ge=-(2**53), le=2**53)]
 Money = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
@@ -121,7 +122,7 @@ class HistoryPayload(UpstreamModel):
 
 
 class SpendCapPayload(UpstreamModel):
-    daily_cap: Count | None = None
+    daily_cap: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] | None = None  # the service's own range
     daily_spent: Count = 0
     remaining: Count | None = None
     reset_at: UpstreamTime

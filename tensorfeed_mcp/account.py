@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import anyio
+import httpx2
 
 from tensorfeed_mcp.alerts import AccountSnapshot, evaluate_rules, make_rule, spend_figures
 from tensorfeed_mcp.client import Fetched, TensorFeedClient, validate_spend_cap
-from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint
+from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint, webhook_destination
 from tensorfeed_mcp.errors import InvalidInputError, StateStoreError, UpstreamError, shown
 from tensorfeed_mcp.models import (
     DEFAULT_RECENT_LIMIT,
@@ -22,6 +27,7 @@ from tensorfeed_mcp.models import (
     AlertRuleDeleted,
     AlertRuleSaved,
     EndpointUsage,
+    Notifications,
     PaymentHistory,
     Purchase,
     SpendCap,
@@ -29,8 +35,12 @@ from tensorfeed_mcp.models import (
     SpendCapPayload,
     UsageCall,
     UsdEstimate,
+    WebhookDelivery,
 )
-from tensorfeed_mcp.store import AlertStore
+from tensorfeed_mcp.store import AlertEvent, AlertStore
+from tensorfeed_mcp.webhooks import alert_message, body_for, deliver
+
+logger = logging.getLogger(__name__)
 
 USD_PER_CREDIT = 0.02  # the base rate, 50 credits per dollar; volume purchases get more credits per dollar
 
@@ -210,19 +220,31 @@ class AccountService:
             spend_cap=fetched["spend_cap"].data if "spend_cap" in fetched else None,
         )
         figures = spend_figures(snapshot)
-        verdicts = evaluate_rules(rules, snapshot, figures)
+        verdicts = {verdict.name: verdict for verdict in evaluate_rules(rules, snapshot, figures)}
+        oldest = min(fetched.values(), key=lambda value: value.as_of)
+        stamp = self._stamp(oldest)
+
+        def compose(name: str, event: AlertEvent, since: datetime | None) -> str:
+            verdict = verdicts[name].model_copy(update={"since": since})
+            return json.dumps(alert_message(event, verdict, figures, snapshot.balance, stamp["token"], snapshot.now))
+
         since: dict[str, datetime | None] = {}
+        last_delivery: WebhookDelivery | None = None
         try:
             since = await anyio.to_thread.run_sync(
-                self._store.record_statuses, fingerprint, {v.name: v.status for v in verdicts}, snapshot.now
+                self._store.record_statuses,
+                fingerprint,
+                {name: verdict.status for name, verdict in verdicts.items()},
+                snapshot.now,
+                compose if self._settings.alert_webhook_url else None,
             )
+            last_delivery = await self._send_queued(fingerprint, snapshot.now)
         except StateStoreError as exc:
             state_error = state_error or str(exc)
-        oldest = min(fetched.values(), key=lambda value: value.as_of)
         return AlertCheck(
-            **self._stamp(oldest),
-            alerts=[verdict.model_copy(update={"since": since.get(verdict.name)}) for verdict in verdicts],
-            triggered=sum(verdict.status == "triggered" for verdict in verdicts),
+            **stamp,
+            alerts=[verdict.model_copy(update={"since": since.get(name)}) for name, verdict in verdicts.items()],
+            triggered=sum(verdict.status == "triggered" for verdict in verdicts.values()),
             balance=snapshot.balance,
             daily_spent=figures.daily_spent,
             daily_spent_source=figures.daily_spent_source,
@@ -231,4 +253,50 @@ class AccountService:
             burn_rate_lookback_hours=figures.burn_rate_lookback_hours,
             runway_hours=figures.runway_hours,
             state_error=state_error,
+            notifications=await self._notifications(fingerprint, last_delivery),
+        )
+
+    async def _send_queued(self, fingerprint: str, now: datetime) -> WebhookDelivery | None:
+        """Post the token's queued alert messages to the webhook, oldest first; return how the last one went.
+
+        After a failure worth retrying the rest stay queued: the receiver is likely down, and the next check
+        (of any process) tries again.
+        """
+        url = self._settings.alert_webhook_url
+        if url is None:
+            return None
+        queued = await anyio.to_thread.run_sync(self._store.claim_messages, fingerprint, time.time())
+        last: WebhookDelivery | None = None
+        async with httpx2.AsyncClient(follow_redirects=False, trust_env=False) as http:
+            for position, (message_id, body) in enumerate(queued):
+                message = json.loads(body)
+                outcome, detail = await deliver(http, url, body_for(message, self._settings.alert_webhook_format))
+                settle = functools.partial(self._store.settle_message, message_id, done=outcome != "will_retry")
+                await anyio.to_thread.run_sync(settle)
+                last = WebhookDelivery(
+                    at=now, rule=message["alert"]["name"], event=message["event"], outcome=outcome, detail=detail
+                )
+                if outcome != "delivered":
+                    logger.warning("Alert webhook delivery %s: %s", outcome.replace("_", " "), detail)
+                if outcome == "will_retry":
+                    for later_id, _ in queued[position + 1 :]:
+                        release = functools.partial(self._store.settle_message, later_id, done=False)
+                        await anyio.to_thread.run_sync(release)
+                    break
+        return last
+
+    async def _notifications(self, fingerprint: str, last_delivery: WebhookDelivery | None) -> Notifications:
+        url = self._settings.alert_webhook_url
+        if url is None:
+            return Notifications(configured=False, destination=None, format=None, pending=0, last_delivery=None)
+        try:
+            pending = await anyio.to_thread.run_sync(self._store.queued_messages, fingerprint)
+        except StateStoreError:
+            pending = 0  # the check already reports the state file's problem in state_error
+        return Notifications(
+            configured=True,
+            destination=webhook_destination(url),
+            format=self._settings.alert_webhook_format,
+            pending=pending,
+            last_delivery=last_delivery,
         )

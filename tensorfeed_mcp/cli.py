@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import cast
@@ -51,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="evaluate the alert rules once; exit 0 ok, 1 triggered, 2 could not check"
     )
     check.add_argument("--json", action="store_true", help="print the full result as JSON instead of a table")
+    check.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="post alert transitions here (instead of TENSORFEED_ALERT_WEBHOOK_URL); https, or http to this machine",
+    )
 
     sandbox = commands.add_parser("sandbox", help="run the local stand-in for the TensorFeed API with demo accounts")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -74,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             from tensorfeed_mcp.demo import run_demo
 
             return run_demo()
-        settings = load_settings()
+        webhook_url = getattr(args, "webhook_url", None)
+        settings = load_settings({**os.environ, "TENSORFEED_ALERT_WEBHOOK_URL": webhook_url} if webhook_url else None)
         redact_logs(settings)
         if command == "check":
             return anyio.run(_check, settings, args.json)

@@ -9,7 +9,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Literal, get_args
+from urllib.parse import SplitResult, urlsplit
 
 from tensorfeed_mcp.alerts import make_rule
 from tensorfeed_mcp.errors import ConfigurationError, InvalidInputError, TokenFormatError, TokenMissingError
@@ -24,6 +25,8 @@ TOKEN_LIKE = re.compile(r"tf_live_[^\s\"'<>,;]*")
 MIN_ALERT_POLL_SECONDS = 30.0
 DEFAULT_MAX_SESSIONS = 32
 DEFAULT_SESSION_IDLE_SECONDS = 30 * 60.0
+WebhookFormat = Literal["slack", "discord", "json"]
+WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
 
 # Environment variable -> alert kind, for rules that come from the environment.
 ENV_ALERT_RULES: dict[str, str] = {
@@ -48,6 +51,8 @@ class Settings:
     mcp_auth_token: str | None = field(default=None, repr=False)
     max_sessions: int = DEFAULT_MAX_SESSIONS
     session_idle_seconds: float = DEFAULT_SESSION_IDLE_SECONDS
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    alert_webhook_format: WebhookFormat = "json"
 
     @property
     def deadline_seconds(self) -> float:
@@ -95,34 +100,88 @@ def _token(environ: Mapping[str, str]) -> str | None:
     return token or None
 
 
-def _api_url(environ: Mapping[str, str]) -> str:
-    """TENSORFEED_API_URL checked: http(s), a host, a valid port, and TLS unless the host is this machine."""
-    raw = environ.get("TENSORFEED_API_URL", "").strip() or DEFAULT_API_URL
-    shown = raw if len(raw) <= 80 else raw[:80] + "…"
-    accepted = "Give an address like https://tensorfeed.ai/api."
-    bad_port = f"TENSORFEED_API_URL={shown!r} has an invalid port; use 1 to 65535. {accepted}"
-    parts = urlsplit(raw)
+def _url_parts(name: str, raw: str, shown: str, example: str) -> SplitResult:
+    """`raw` split, if it is http(s) with a host, a valid port and no user name; else a ConfigurationError that
+    names the variable and shows only `shown`."""
+    accepted = f"Give an address like {example}."
+    bad_port = f"{name}={shown!r} has an invalid port; use 1 to 65535. {accepted}"
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # an unclosed IPv6 bracket, say
+        raise ConfigurationError(f"{name}={shown!r} is not a readable address. {accepted}") from None
     try:
         port = parts.port
     except ValueError:
         raise ConfigurationError(bad_port) from None
     if parts.scheme not in ("http", "https"):
-        raise ConfigurationError(f"TENSORFEED_API_URL={shown!r} must start with https:// (or http://). {accepted}")
+        raise ConfigurationError(f"{name}={shown!r} must start with https:// (or http://). {accepted}")
     if not parts.hostname:
-        raise ConfigurationError(f"TENSORFEED_API_URL={shown!r} names no host. {accepted}")
+        raise ConfigurationError(f"{name}={shown!r} names no host. {accepted}")
     if port == 0:
         raise ConfigurationError(bad_port)
     if parts.username is not None or parts.password is not None:
-        raise ConfigurationError(f"TENSORFEED_API_URL must not carry a user name or password. {accepted}")
+        raise ConfigurationError(f"{name} must not carry a user name or password. {accepted}")
+    return parts
+
+
+def _api_url(environ: Mapping[str, str]) -> str:
+    """TENSORFEED_API_URL checked: http(s), a host, a valid port, and TLS unless the host is this machine."""
+    raw = environ.get("TENSORFEED_API_URL", "").strip() or DEFAULT_API_URL
+    shown = raw if len(raw) <= 80 else raw[:80] + "…"
+    example = DEFAULT_API_URL
+    parts = _url_parts("TENSORFEED_API_URL", raw, shown, example)
     if parts.query or parts.fragment:
-        raise ConfigurationError(f"TENSORFEED_API_URL={shown!r} must not have a query or fragment. {accepted}")
+        raise ConfigurationError(
+            f"TENSORFEED_API_URL={shown!r} must not have a query or fragment. Give an address like {example}."
+        )
     insecure_allowed = environ.get("TENSORFEED_ALLOW_INSECURE_HTTP", "").strip() == "1"
-    if parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure_allowed:
+    if parts.scheme == "http" and not is_loopback(parts.hostname or "") and not insecure_allowed:
         raise ConfigurationError(
             f"TENSORFEED_API_URL={shown!r} uses plain http to another machine, so the token would cross the "
             "network unencrypted. Use https://, or set TENSORFEED_ALLOW_INSECURE_HTTP=1 if you really mean it."
         )
     return raw.rstrip("/")
+
+
+def webhook_destination(url: str) -> str:
+    """A webhook URL as it may be shown: scheme and host only, since its path usually carries a key."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(an unreadable address)"
+    if not host:
+        return "(an address without a host)"
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}/…"
+
+
+def checked_webhook_url(raw: str, name: str = "TENSORFEED_ALERT_WEBHOOK_URL") -> str:
+    """A webhook URL checked: https, or http only to this machine (the URL is a secret and so is what it gets)."""
+    shown = webhook_destination(raw)
+    parts = _url_parts(name, raw, shown, "https://hooks.slack.com/services/…")
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        raise ConfigurationError(
+            f"{name}={shown!r} uses plain http to another machine; a webhook URL carries its key, so it must be "
+            "https:// (http:// is accepted only to this machine)."
+        )
+    return raw
+
+
+def webhook_format(url: str, raw: str) -> WebhookFormat:
+    """TENSORFEED_ALERT_WEBHOOK_FORMAT, or when it is empty the format the URL's host expects."""
+    value = raw.strip().lower()
+    if value in WEBHOOK_FORMATS:
+        return value  # type: ignore[return-value]
+    if value:
+        raise ConfigurationError(
+            f"TENSORFEED_ALERT_WEBHOOK_FORMAT={raw[:20]!r} is not a format; use one of: {', '.join(WEBHOOK_FORMATS)}."
+        )
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "hooks.slack.com":
+        return "slack"
+    if host in ("discord.com", "discordapp.com"):
+        return "discord"
+    return "json"
 
 
 def is_loopback(host: str) -> bool:
@@ -167,6 +226,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 reason = exc if isinstance(exc, InvalidInputError) else "it is not a number"
                 raise ConfigurationError(f"{name}={raw!r} is not a usable alert threshold: {reason}") from None
     state_dir = env.get("TENSORFEED_MCP_STATE_DIR", "").strip()
+    webhook_url = env.get("TENSORFEED_ALERT_WEBHOOK_URL", "").strip() or None
+    if webhook_url is not None:
+        checked_webhook_url(webhook_url)
     return Settings(
         token=_token(env),
         api_url=_api_url(env),
@@ -181,6 +243,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "TENSORFEED_MCP_SESSION_IDLE_SECONDS", DEFAULT_SESSION_IDLE_SECONDS, minimum=10
         )
         or DEFAULT_SESSION_IDLE_SECONDS,
+        alert_webhook_url=webhook_url,
+        alert_webhook_format=webhook_format(webhook_url or "", env.get("TENSORFEED_ALERT_WEBHOOK_FORMAT", "")),
     )
 
 
@@ -235,7 +299,7 @@ class SecretRedactor(logging.Filter):
 
 def redact_logs(settings: Settings) -> None:
     """Put a SecretRedactor on every handler now configured (ours, and uvicorn's once it has set up its own)."""
-    redactor = SecretRedactor([settings.token, settings.mcp_auth_token])
+    redactor = SecretRedactor([settings.token, settings.mcp_auth_token, settings.alert_webhook_url])
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
     for logger in loggers:
         for handler in logger.handlers:

@@ -250,6 +250,26 @@ class AlertVerdict(BaseModel):
     since: datetime | None = Field(description="When this rule went from ok to triggered; null unless triggered.")
 
 
+class WebhookDelivery(BaseModel):
+    at: datetime
+    rule: str
+    event: Literal["triggered", "resolved"]
+    outcome: Literal["delivered", "failed", "will_retry"] = Field(
+        description="failed: refused for good (a 4xx, a redirect), not retried; will_retry: queued for the next check."
+    )
+    detail: str = Field(description="What the receiver answered, e.g. 'HTTP 404'.")
+
+
+class Notifications(BaseModel):
+    """Alert transitions posted to a webhook (TENSORFEED_ALERT_WEBHOOK_URL)."""
+
+    configured: bool
+    destination: str | None = Field(description="The webhook's scheme and host; its path, a secret, is never shown.")
+    format: Literal["slack", "discord", "json"] | None
+    pending: int = Field(description="Messages still queued, to be retried by the next check (any process).")
+    last_delivery: WebhookDelivery | None = Field(description="The last delivery this check attempted, if any.")
+
+
 class AlertCheck(AccountResult):
     alerts: list[AlertVerdict]
     triggered: int = Field(description="How many rules are triggered.")
@@ -271,6 +291,7 @@ class AlertCheck(AccountResult):
         description="Null normally; set when the local file of saved rules could not be used: then only the "
         "environment's rules were evaluated, and this says why and what to do."
     )
+    notifications: Notifications
 
 
 class AlertRuleSaved(BaseModel):

@@ -69,6 +69,17 @@ def format_alert_check(check: AlertCheck) -> str:
         f"(from {check.daily_spent_source.replace('_', ' ')}); burn {check.burn_rate_credits_per_hour:g} credits/h "
         f"over {check.burn_rate_lookback_hours:g} h; runway {runway}. {check.triggered} triggered."
     )
+    notifications = check.notifications
+    if notifications.configured:
+        delivery = notifications.last_delivery
+        sent = (
+            f"last message ({delivery.event} {delivery.rule}) {delivery.outcome.replace('_', ' ')}: {delivery.detail}"
+            if delivery
+            else "nothing to send"
+        )
+        summary += (
+            f"\nWebhook {notifications.destination} ({notifications.format}): {sent}; {notifications.pending} queued."
+        )
     if not rows:
         return summary + "\nNo alert rules are set."
     return table(["rule", "status", "severity", "observed", "threshold", "message"], rows) + "\n" + summary

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     import sqlite3
 
 MAX_SAVED_RULES = 100
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: alert_outbox
+OUTBOX_LEASE_SECONDS = 60.0  # longer than one delivery's attempts take, so only a crashed sender's lease runs out
 BUSY_TIMEOUT_MS = 5000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_rules (
@@ -41,7 +42,17 @@ CREATE TABLE IF NOT EXISTS alert_state (
     since TEXT,
     PRIMARY KEY (fingerprint, name)
 );
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL,
+    body TEXT NOT NULL,
+    claimed_until REAL
+);
 """
+
+AlertEvent = Literal["triggered", "resolved"]
+Compose = Callable[[str, AlertEvent, datetime | None], str]
+"""Makes the message for a rule's transition (rule name, event, since), to queue for sending."""
 
 T = TypeVar("T")
 
@@ -118,12 +129,15 @@ class AlertStore:
         return int(db.execute("SELECT count(*) FROM alert_rules WHERE fingerprint = ?", (fingerprint,)).fetchone()[0])
 
     def record_statuses(
-        self, fingerprint: str, statuses: dict[str, AlertStatus], now: datetime
+        self, fingerprint: str, statuses: dict[str, AlertStatus], now: datetime, compose: Compose | None = None
     ) -> dict[str, datetime | None]:
         """Store this check's statuses and return each rule's `since`.
 
         A rule that becomes triggered gets `since = now`; one that stays triggered keeps its time; ok and
-        not_applicable clear it; unknown changes nothing (a failed read is not evidence either way).
+        not_applicable clear it; unknown changes nothing (a failed read is not evidence either way). With
+        `compose`, each change into or out of triggered (a first evaluation that finds a rule triggered counts)
+        queues its message in the same transaction: the stored status decides, so across processes each
+        transition is queued exactly once.
         """
 
         def record(db: sqlite3.Connection) -> dict[str, datetime | None]:
@@ -148,9 +162,50 @@ class AlertStore:
                     (fingerprint, name, status, since),
                 )
                 result[name] = datetime.fromisoformat(since) if status == "triggered" and since else None
+                if compose is not None and (old_status == "triggered") != (status == "triggered"):
+                    event: AlertEvent = "triggered" if status == "triggered" else "resolved"
+                    db.execute(
+                        "INSERT INTO alert_outbox (fingerprint, body) VALUES (?, ?)",
+                        (fingerprint, compose(name, event, result[name])),
+                    )
             return result
 
         return self._run(record, write=True)
+
+    def claim_messages(self, fingerprint: str, now: float) -> list[tuple[int, str]]:
+        """The token's queued messages (id, body), oldest first, that no live sender holds; each is now held by
+        the caller for OUTBOX_LEASE_SECONDS (`now` in epoch seconds), so a crashed sender's message is retried."""
+
+        def claim(db: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = db.execute(
+                "SELECT id, body FROM alert_outbox WHERE fingerprint = ? AND (claimed_until IS NULL OR "
+                "claimed_until < ?) ORDER BY id",
+                (fingerprint, now),
+            ).fetchall()
+            db.executemany(
+                "UPDATE alert_outbox SET claimed_until = ? WHERE id = ?",
+                [(now + OUTBOX_LEASE_SECONDS, row[0]) for row in rows],
+            )
+            return [(int(row[0]), str(row[1])) for row in rows]
+
+        return self._run(claim, write=True)
+
+    def settle_message(self, message_id: int, *, done: bool) -> None:
+        """Remove a sent (or undeliverable) message, or release it for the next run to retry."""
+        if done:
+            statement = "DELETE FROM alert_outbox WHERE id = ?"
+        else:
+            statement = "UPDATE alert_outbox SET claimed_until = NULL WHERE id = ?"
+        self._run(lambda db: db.execute(statement, (message_id,)), write=True)
+
+    def queued_messages(self, fingerprint: str) -> int:
+        """How many of the token's messages wait to be sent."""
+        return self._run(
+            lambda db: int(
+                db.execute("SELECT count(*) FROM alert_outbox WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
+            ),
+            write=False,
+        )
 
     def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         import sqlite3  # imported here: start-up does not need it, and most processes never touch alerts

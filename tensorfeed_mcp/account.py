@@ -266,6 +266,8 @@ class AccountService:
         if url is None:
             return None
         queued = await anyio.to_thread.run_sync(self._store.claim_messages, fingerprint, time.time())
+        if not queued:
+            return None
         last: WebhookDelivery | None = None
         async with httpx2.AsyncClient(follow_redirects=False, trust_env=False) as http:
             for position, (message_id, body) in enumerate(queued):

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -238,7 +238,7 @@ class AccountService:
                 snapshot.now,
                 compose if self._settings.alert_webhook_url else None,
             )
-            last_delivery = await self._send_queued(fingerprint, snapshot.now)
+            last_delivery = await self._send_queued(fingerprint)
         except StateStoreError as exc:
             state_error = state_error or str(exc)
         return AlertCheck(
@@ -256,7 +256,7 @@ class AccountService:
             notifications=await self._notifications(fingerprint, last_delivery),
         )
 
-    async def _send_queued(self, fingerprint: str, now: datetime) -> WebhookDelivery | None:
+    async def _send_queued(self, fingerprint: str) -> WebhookDelivery | None:
         """Post the token's queued alert messages to the webhook, oldest first; return how the last one went.
 
         After a failure worth retrying the rest stay queued: the receiver is likely down, and the next check
@@ -276,7 +276,11 @@ class AccountService:
                 settle = functools.partial(self._store.settle_message, message_id, done=outcome != "will_retry")
                 await anyio.to_thread.run_sync(settle)
                 last = WebhookDelivery(
-                    at=now, rule=message["alert"]["name"], event=message["event"], outcome=outcome, detail=detail
+                    at=datetime.now(UTC),
+                    rule=message["alert"]["name"],
+                    event=message["event"],
+                    outcome=outcome,
+                    detail=detail,
                 )
                 if outcome != "delivered":
                     logger.warning("Alert webhook delivery %s: %s", outcome.replace("_", " "), detail)

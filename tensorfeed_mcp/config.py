@@ -152,7 +152,8 @@ def webhook_destination(url: str) -> str:
         return "(an unreadable address)"
     if not host:
         return "(an address without a host)"
-    return f"{parts.scheme}://{host}{f':{port}' if port else ''}/…"
+    shown_host = f"[{host}]" if ":" in host else host  # an IPv6 address, written as in a URL
+    return f"{parts.scheme}://{shown_host}{f':{port}' if port else ''}/…"
 
 
 def checked_webhook_url(raw: str, name: str = "TENSORFEED_ALERT_WEBHOOK_URL") -> str:

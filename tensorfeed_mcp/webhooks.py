@@ -99,7 +99,7 @@ async def deliver(http: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> t
             if status < 400:
                 return "failed", f"HTTP {status}: a redirect, not followed"
             if status < 500:
-                return "failed", f"HTTP {status}: refused; check TENSORFEED_ALERT_WEBHOOK_URL"
+                return "failed", f"HTTP {status}: refused; check the webhook URL"
             problem = f"HTTP {status}"
         if attempt < ATTEMPTS:
             await anyio.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))

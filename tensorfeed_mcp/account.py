@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -14,10 +15,24 @@ from typing import Any
 import anyio
 import httpx2
 
-from tensorfeed_mcp.alerts import AccountSnapshot, evaluate_rules, make_rule, spend_figures
+from tensorfeed_mcp.alerts import AccountSnapshot, LedgerView, evaluate_rules, make_rule, spend_figures
 from tensorfeed_mcp.client import Fetched, TensorFeedClient, validate_spend_cap
 from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint, webhook_destination
 from tensorfeed_mcp.errors import InvalidInputError, StateStoreError, UpstreamError, shown
+from tensorfeed_mcp.ledger import (
+    DAY_MS,
+    TRAILING_DAYS,
+    GroupBy,
+    Reading,
+    SeenCall,
+    SeenPurchase,
+    day_start,
+    from_ms,
+    history,
+    month_start,
+    to_ms,
+    trailing_median,
+)
 from tensorfeed_mcp.models import (
     DEFAULT_RECENT_LIMIT,
     AccountBalance,
@@ -26,6 +41,7 @@ from tensorfeed_mcp.models import (
     AlertRule,
     AlertRuleDeleted,
     AlertRuleSaved,
+    BalancePayload,
     EndpointUsage,
     Notifications,
     PaymentHistory,
@@ -33,15 +49,18 @@ from tensorfeed_mcp.models import (
     SpendCap,
     SpendCapChange,
     SpendCapPayload,
+    SpendHistory,
     UsageCall,
     UsdEstimate,
     WebhookDelivery,
 )
-from tensorfeed_mcp.store import AlertEvent, AlertStore
+from tensorfeed_mcp.store import AlertEvent, StateStore
 from tensorfeed_mcp.webhooks import alert_message, body_for, deliver
 
 logger = logging.getLogger(__name__)
 
+MAX_HISTORY_DAYS = 90
+MAX_HOUR_DAYS = 7
 USD_PER_CREDIT = 0.02  # the base rate, 50 credits per dollar; volume purchases get more credits per dollar
 
 
@@ -52,7 +71,8 @@ class AccountService:
         self._settings = settings
         self._client = client
         self._env_rules = list(settings.env_alert_rules)
-        self._alert_store: AlertStore | None = None
+        self._state_store: StateStore | None = None
+        self._forgotten_through = -1  # the UTC day (in days since the epoch) old calls were last forgotten on
 
     @classmethod
     @asynccontextmanager
@@ -62,11 +82,11 @@ class AccountService:
             yield cls(settings, client)
 
     @property
-    def _store(self) -> AlertStore:
+    def _store(self) -> StateStore:
         """Made on first use: finding the platform's state folder imports platformdirs, which start-up need not."""
-        if self._alert_store is None:
-            self._alert_store = AlertStore(self._settings.resolved_state_dir() / "alerts.sqlite3")
-        return self._alert_store
+        if self._state_store is None:
+            self._state_store = StateStore(self._settings.resolved_state_dir() / "alerts.sqlite3")
+        return self._state_store
 
     def _stamp(self, fetched: Fetched[Any]) -> dict[str, Any]:
         return {
@@ -78,6 +98,7 @@ class AccountService:
     async def usage(self, endpoint: str | None = None, recent_limit: int = DEFAULT_RECENT_LIMIT) -> AccountUsage:
         """Usage per endpoint, filtered to endpoints containing `endpoint`, with the newest `recent_limit` calls."""
         fetched = await self._client.usage()
+        await self._record({"usage": fetched})
         usage = fetched.data
         needle = endpoint.strip().lower() if endpoint and endpoint.strip() else None
         aggregates = {name: agg for name, agg in usage.by_endpoint.items() if needle is None or needle in name.lower()}
@@ -112,6 +133,10 @@ class AccountService:
 
     async def balance(self) -> AccountBalance:
         fetched = await self._client.balance()
+        await self._record({"balance": fetched})
+        return self._balance_result(fetched)
+
+    def _balance_result(self, fetched: Fetched[BalancePayload]) -> AccountBalance:
         data = fetched.data
         return AccountBalance(
             **self._stamp(fetched),
@@ -129,6 +154,7 @@ class AccountService:
 
     async def history(self) -> PaymentHistory:
         fetched = await self._client.history()
+        await self._record({"history": fetched})
         data = fetched.data
         return PaymentHistory(
             **self._stamp(fetched),
@@ -197,27 +223,19 @@ class AccountService:
             rules = await self.rules()
         except StateStoreError as exc:  # the environment's rules need no file: evaluate those, and say why
             rules, state_error = list(self._env_rules), str(exc)
-        results: dict[str, Fetched[Any] | UpstreamError] = {}
-
-        async def fetch(name: str, read: Callable[[], Awaitable[Fetched[Any]]]) -> None:
-            try:
-                results[name] = await read()
-            except UpstreamError as exc:
-                results[name] = exc
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(fetch, "balance", self._client.balance)
-            group.start_soon(fetch, "usage", self._client.usage)
-            group.start_soon(fetch, "spend_cap", self._client.spend_cap)
-        fetched = {name: value for name, value in results.items() if isinstance(value, Fetched)}
+        fetched, failures = await self._read_together(
+            balance=self._client.balance, usage=self._client.usage, spend_cap=self._client.spend_cap
+        )
         if not fetched:
-            raise results["balance"]  # type: ignore[misc]
-
+            raise failures["balance"]
+        await self._record(fetched)
+        now = max(value.as_of for value in fetched.values())
         snapshot = AccountSnapshot(
-            now=max(value.as_of for value in fetched.values()),
+            now=now,
             balance=fetched["balance"].data.balance if "balance" in fetched else None,
             usage=fetched["usage"].data if "usage" in fetched else None,
             spend_cap=fetched["spend_cap"].data if "spend_cap" in fetched else None,
+            ledger=await self._ledger_view(fingerprint),
         )
         figures = spend_figures(snapshot)
         verdicts = {verdict.name: verdict for verdict in evaluate_rules(rules, snapshot, figures)}
@@ -255,6 +273,139 @@ class AccountService:
             state_error=state_error,
             notifications=await self._notifications(fingerprint, last_delivery),
         )
+
+    async def _read_together(
+        self, **reads: Callable[[], Awaitable[Fetched[Any]]]
+    ) -> tuple[dict[str, Fetched[Any]], dict[str, UpstreamError]]:
+        """Run the reads concurrently; what each one fetched, and how each one that failed failed."""
+        fetched: dict[str, Fetched[Any]] = {}
+        failures: dict[str, UpstreamError] = {}
+
+        async def read(name: str, fetch: Callable[[], Awaitable[Fetched[Any]]]) -> None:
+            try:
+                fetched[name] = await fetch()
+            except UpstreamError as exc:
+                failures[name] = exc
+
+        async with anyio.create_task_group() as group:
+            for name, fetch in reads.items():
+                group.start_soon(read, name, fetch)
+        return fetched, failures
+
+    async def _record(self, fetched: dict[str, Fetched[Any]]) -> None:
+        """Add what fresh reads found to the ledger: a balance reading, the calls listed, the purchases.
+
+        Read together with the usage list, the balance counts every call that list shows (the Date header has
+        whole seconds only, so the reading's time moves just past the newest call listed). A state file that
+        cannot be used is logged; it never fails the read.
+        """
+        balance, usage, history = (fetched.get(name) for name in ("balance", "usage", "history"))
+        reading = None
+        if balance is not None and balance.fresh:
+            at = to_ms(balance.as_of)
+            if usage is not None and usage.data.recent:
+                at = max(at, max(to_ms(entry.at) for entry in usage.data.recent) + 1)
+            purchased = balance.data.total_purchased
+            reading = Reading(at=at, spent=purchased - balance.data.balance, purchased=purchased)
+        calls: list[SeenCall] = []
+        if usage is not None and usage.fresh:
+            seen = Counter((to_ms(entry.at), entry.endpoint, entry.credits) for entry in usage.data.recent)
+            calls = [SeenCall(at, endpoint, credits, count) for (at, endpoint, credits), count in seen.items()]
+        purchases = []
+        if history is not None and history.fresh:
+            purchases = [
+                (purchase.tx_hash, SeenPurchase(to_ms(purchase.confirmed_at), purchase.credits_added))
+                for purchase in history.data.purchases
+                if purchase.confirmed_at is not None
+            ]
+        if reading is None and not calls and not purchases:
+            return
+        fingerprint = self._fingerprint()
+        try:
+            await anyio.to_thread.run_sync(self._store.record_snapshot, fingerprint, reading, calls, purchases)
+            if reading is not None and reading.at // DAY_MS != self._forgotten_through:
+                self._forgotten_through = reading.at // DAY_MS
+                cutoff = reading.at - self._settings.ledger_call_days * DAY_MS
+                await anyio.to_thread.run_sync(self._store.forget_calls_before, fingerprint, cutoff)
+        except StateStoreError as exc:
+            logger.warning("Could not add to the spend ledger: %s", exc)
+
+    async def _ledger_view(self, fingerprint: str) -> LedgerView | None:
+        """Today's spend and the trailing median from the ledger, for the alert rules; None without a ledger."""
+        try:
+            ledger, _ = await anyio.to_thread.run_sync(
+                self._store.load_ledger, fingerprint, self._ledger_start(self._now_ms())
+            )
+        except StateStoreError:
+            return None
+        if ledger.last_reading is None:
+            return None
+        end = ledger.last_reading + 1
+        today = ledger.spend(day_start(ledger.last_reading), end)
+        median, _ = trailing_median(ledger, day_start(ledger.last_reading))
+        return LedgerView(today_credits=today.credits, today_exact=today.exact, trailing_median=median)
+
+    async def snapshot(self) -> AccountBalance:
+        """Read balance, usage and purchases together and add them to the ledger (what `record` does)."""
+        fetched, failures = await self._read_together(
+            balance=self._client.balance, usage=self._client.usage, history=self._client.history
+        )
+        if failures:
+            raise next(iter(failures.values()))
+        await self._record(fetched)
+        return self._balance_result(fetched["balance"])
+
+    async def spend_history(self, days: int, group_by: GroupBy) -> SpendHistory:
+        """Spend per UTC day, hour or endpoint over the last `days` days, from a fresh snapshot and the ledger.
+
+        When the service cannot be read, the ledger still answers as it stands, and the note says so.
+        """
+        if not 1 <= days <= MAX_HISTORY_DAYS or (group_by == "hour" and days > MAX_HOUR_DAYS):
+            raise InvalidInputError(
+                f"days must be from 1 to {MAX_HISTORY_DAYS} (at most {MAX_HOUR_DAYS} with group_by 'hour')."
+            )
+        fetched, failures = await self._read_together(
+            balance=self._client.balance, usage=self._client.usage, history=self._client.history
+        )
+        await self._record(fetched)
+        fingerprint = self._fingerprint()
+        now = max((to_ms(value.as_of) for value in fetched.values()), default=self._now_ms())
+        ledger, first = await anyio.to_thread.run_sync(
+            self._store.load_ledger, fingerprint, self._ledger_start(now) - (days - 1) * DAY_MS
+        )
+        end = (ledger.last_reading if ledger.last_reading is not None else now) + 1
+        parts = history(ledger, first, end, days, group_by)
+        note = None
+        if first is None:
+            note = (
+                "No spend history yet: it starts with this snapshot. Keep history by leaving the watcher on "
+                "(TENSORFEED_POLL_SECONDS) or by running `tensorfeed-mcp record` from cron every 10 minutes."
+            )
+        elif failures:
+            note = f"No fresh snapshot ({next(iter(failures.values()))}); this is the ledger as it stands."
+        balance = fetched.get("balance")
+        return SpendHistory(
+            as_of=from_ms(end - 1),
+            age_seconds=0.0 if balance is not None else round(max(0, self._now_ms() - end) / 1000, 3),
+            token=mask_token(self._settings.require_token()),
+            period_start=from_ms(parts.period_start),
+            period_end=from_ms(end - 1),
+            group_by=group_by,
+            buckets=parts.buckets,
+            totals=parts.totals,
+            coverage=parts.coverage,
+            trend=parts.trend,
+            note=note,
+        )
+
+    @staticmethod
+    def _now_ms() -> int:
+        return to_ms(datetime.now(UTC))
+
+    @staticmethod
+    def _ledger_start(now: int) -> int:
+        """Where a ledger load must begin to cover today, the trailing week and the month so far."""
+        return min(day_start(now) - TRAILING_DAYS * DAY_MS, month_start(now))
 
     async def _send_queued(self, fingerprint: str) -> WebhookDelivery | None:
         """Post the token's queued alert messages to the webhook, oldest first; return how the last one went.

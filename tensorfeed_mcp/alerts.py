@@ -30,12 +30,13 @@ UNITS: dict[str, Unit] = {
     "daily_spend_above": "credits",
     "daily_cap_used_pct_above": "percent",
     "runway_below_hours": "hours",
+    "daily_spend_spike_pct": "percent",
 }
 # Generous ceilings that still catch a typo (an extra zero or three) before it is saved.
-MAX_THRESHOLD: dict[Unit, float] = {"credits": 100_000_000, "percent": 100, "hours": 24 * 365 * 10}
+MAX_THRESHOLD: dict[Unit, float] = {"credits": 100_000_000, "percent": 10_000, "hours": 24 * 365 * 10}
 KINDS_HELP = (
     "balance_below (credits), daily_spend_above (credits), daily_cap_used_pct_above (percent, 1 to 100), "
-    "runway_below_hours (hours)"
+    "runway_below_hours (hours), daily_spend_spike_pct (percent above the median day of the last seven)"
 )
 
 
@@ -48,8 +49,8 @@ def make_rule(
     unit = UNITS[kind]
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
         raise InvalidInputError(f"threshold must be a finite number of {unit}, not {threshold!r}.")
-    if unit == "percent" and not 1 <= threshold <= 100:
-        raise InvalidInputError(f"A percent threshold must be from 1 to 100, not {threshold:g}.")
+    if kind == "daily_cap_used_pct_above" and not 1 <= threshold <= 100:
+        raise InvalidInputError(f"A percent of the cap must be from 1 to 100, not {threshold:g}.")
     if not 0 < threshold <= MAX_THRESHOLD[unit]:
         raise InvalidInputError(
             f"threshold {threshold:g} is out of range for {kind}: give more than 0 and at most "
@@ -76,30 +77,43 @@ def _check_name(name: str) -> None:
 
 
 @dataclass(frozen=True)
+class LedgerView:
+    """What the local ledger knows about today: its spend (exact or not) and the trailing daily median."""
+
+    today_credits: int
+    today_exact: bool
+    trailing_median: float | None
+
+
+@dataclass(frozen=True)
 class AccountSnapshot:
-    """What one check saw; a part is None when fetching it failed."""
+    """What one check saw; a part is None when fetching it failed (or, for the ledger, when it has no file)."""
 
     now: datetime
     balance: int | None
     usage: UsagePayload | None
     spend_cap: SpendCapPayload | None
+    ledger: LedgerView | None = None
 
 
 @dataclass(frozen=True)
 class SpendFigures:
     daily_spent: int | None
-    daily_spent_source: Literal["service", "usage_buffer"]
+    daily_spent_source: Literal["service", "ledger", "usage_buffer"]
     daily_spent_complete: bool
     burn_rate_credits_per_hour: float
     burn_rate_lookback_hours: float
     runway_hours: float | None
 
 
-def daily_spend(snapshot: AccountSnapshot) -> tuple[int | None, Literal["service", "usage_buffer"], bool]:
-    """Today's spend: the service's own figure when a cap is set, else summed from the visible usage buffer."""
+def daily_spend(snapshot: AccountSnapshot) -> tuple[int | None, Literal["service", "ledger", "usage_buffer"], bool]:
+    """Today's spend: the service's own figure when a cap is set, else the ledger's when it is exact, else summed
+    from the visible usage buffer."""
     cap = snapshot.spend_cap
     if cap is not None and cap.daily_cap is not None:
         return cap.daily_spent, "service", True
+    if snapshot.ledger is not None and snapshot.ledger.today_exact:
+        return snapshot.ledger.today_credits, "ledger", True
     usage = snapshot.usage
     if usage is None:
         return None, "usage_buffer", False
@@ -133,6 +147,44 @@ def spend_figures(snapshot: AccountSnapshot) -> SpendFigures:
         burn_rate_credits_per_hour=round(rate, 4),
         burn_rate_lookback_hours=round(span, 4),
         runway_hours=round(runway, 2) if runway is not None else None,
+    )
+
+
+def _spike(threshold: float, ledger: LedgerView | None, figures: SpendFigures) -> tuple[float | None, AlertStatus, str]:
+    """Today's spend against the trailing median: how many percent above it, and whether that passes `threshold`."""
+    median = None if ledger is None else ledger.trailing_median
+    if median is None:
+        return (
+            None,
+            "unknown",
+            (
+                "Not enough history yet: this needs three exact full days in the last seven from the ledger "
+                "(keep the watcher on, or run tensorfeed-mcp record from cron)."
+            ),
+        )
+    if figures.daily_spent is None:
+        return None, "unknown", "Today's spend could not be read."
+    if median == 0:
+        return None, "unknown", "Nothing was spent on a typical recent day, so there is no median to compare with."
+    observed = round(100 * (figures.daily_spent / median - 1), 1)
+    if observed > threshold:
+        return (
+            observed,
+            "triggered",
+            (
+                f"Spent {figures.daily_spent:g} credits today, {observed:g}% above the {median:g} of a typical recent "
+                f"day (the median of the last seven), more than {threshold:g}%."
+            ),
+        )
+    if not figures.daily_spent_complete:
+        return observed, "unknown", f"At least {figures.daily_spent:g} credits spent today; it may be more."
+    return (
+        observed,
+        "ok",
+        (
+            f"Spent {figures.daily_spent:g} credits today against a median of {median:g}: {observed:g}%, not more "
+            f"than {threshold:g}% above."
+        ),
     )
 
 
@@ -182,6 +234,9 @@ def _evaluate(rule: AlertRule, snapshot: AccountSnapshot, figures: SpendFigures)
             critical = observed >= 100
             relation = "above" if status == "triggered" else "not above"
             message = f"{observed:g}% of the {cap.daily_cap} credit daily cap used, {relation} {limit}%."
+    elif rule.kind == "daily_spend_spike_pct":
+        observed, status, message = _spike(rule.threshold, snapshot.ledger, figures)
+        critical = status == "triggered" and observed is not None and observed >= 2 * rule.threshold
     else:
         observed = figures.runway_hours
         if snapshot.usage is None or snapshot.balance is None:

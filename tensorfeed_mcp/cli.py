@@ -1,4 +1,4 @@
-"""The tensorfeed-mcp command: serve (the default, over stdio), check, sandbox, demo.
+"""The tensorfeed-mcp command: serve (the default, over stdio), check, record, history, sandbox, demo.
 
 Logs go to stderr only: over stdio, stdout belongs to the protocol.
 """
@@ -52,11 +52,20 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="evaluate the alert rules once; exit 0 ok, 1 triggered, 2 could not check"
     )
     check.add_argument("--json", action="store_true", help="print the full result as JSON instead of a table")
-    check.add_argument(
-        "--webhook-url",
-        metavar="URL",
-        help="post alert transitions here (instead of TENSORFEED_ALERT_WEBHOOK_URL); https, or http to this machine",
+    record = commands.add_parser(
+        "record", help="take one snapshot for the spend ledger and evaluate the alert rules (for cron); exit 0 or 2"
     )
+    for command in (check, record):
+        command.add_argument(
+            "--webhook-url",
+            metavar="URL",
+            help="post alert transitions here (instead of TENSORFEED_ALERT_WEBHOOK_URL); https, or http to this "
+            "machine",
+        )
+
+    history = commands.add_parser("history", help="print spend per UTC day from the ledger, with a bar per day")
+    history.add_argument("--days", type=int, default=7, help="UTC days back, today included (1 to 90; default 7)")
+    history.add_argument("--json", action="store_true", help="print the full result as JSON instead of a table")
 
     sandbox = commands.add_parser("sandbox", help="run the local stand-in for the TensorFeed API with demo accounts")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -83,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         webhook_url = getattr(args, "webhook_url", None)
         settings = load_settings({**os.environ, "TENSORFEED_ALERT_WEBHOOK_URL": webhook_url} if webhook_url else None)
         redact_logs(settings)
-        if command == "check":
-            return anyio.run(_check, settings, args.json)
+        if command in ("check", "record", "history"):
+            return anyio.run(_run_once, settings, command, args)
         return _serve(settings, args)
     except ConfigurationError as exc:
         print(f"tensorfeed-mcp: {exc}", file=sys.stderr)
@@ -116,18 +125,32 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _check(settings: Settings, as_json: bool) -> int:
+async def _run_once(settings: Settings, command: str, args: argparse.Namespace) -> int:
+    """check, record or history: one look at the account, one answer on stdout, or one line on stderr and exit 2."""
     from tensorfeed_mcp.account import AccountService
-    from tensorfeed_mcp.report import format_alert_check
+    from tensorfeed_mcp.report import format_alert_check, format_history
 
     try:
         async with AccountService.open(settings) as service:
+            if command == "record":
+                balance = await service.snapshot()
+                check = await service.check_alerts()  # so cron's one line also alerts (and posts to a webhook)
+                print(
+                    f"Recorded a snapshot at {balance.as_of:%Y-%m-%d %H:%M:%S} UTC: balance {balance.balance:,} "
+                    f"credits, {balance.spent_lifetime:,} spent over the token's life; {check.triggered} alerts "
+                    "triggered."
+                )
+                return EXIT_OK
+            if command == "history":
+                history = await service.spend_history(args.days, "day")
+                print(history.model_dump_json(indent=2) if args.json else format_history(history))
+                return EXIT_OK
             check = await service.check_alerts()
     except TensorFeedError as exc:
-        print(f"tensorfeed-mcp check: {exc}", file=sys.stderr)
+        print(f"tensorfeed-mcp {command}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     except Exception as exc:  # exit 1 means "triggered", so no failure may fall through to a traceback
-        print(f"tensorfeed-mcp check: could not check ({type(exc).__name__}); please report this.", file=sys.stderr)
+        print(f"tensorfeed-mcp {command}: failed ({type(exc).__name__}); please report this.", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    print(check.model_dump_json(indent=2) if as_json else format_alert_check(check))
+    print(check.model_dump_json(indent=2) if args.json else format_alert_check(check))
     return EXIT_TRIGGERED if check.triggered else EXIT_OK

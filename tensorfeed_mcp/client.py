@@ -57,11 +57,13 @@ PayloadT = TypeVar("PayloadT", bound=BaseModel)
 
 @dataclass(frozen=True)
 class Fetched(Generic[PayloadT]):
-    """An upstream payload with the service's time of answering and how long ago that was."""
+    """An upstream payload with the service's time of answering and how long ago that was. `fresh` is true only
+    for the caller whose request fetched it (not for a cached or shared answer), so it is recorded once."""
 
     data: PayloadT
     as_of: datetime
     age_seconds: float
+    fresh: bool = False
 
 
 @dataclass
@@ -148,7 +150,7 @@ class TensorFeedClient:
         except (ServerError, UpstreamTimeoutError, UpstreamUnavailableError, InvalidResponseError) as exc:
             raise SpendCapUncertainError(exc, daily_cap, await self._cap_after_failure()) from None
         self._cache[path] = answer
-        return self._fetched(answer, SpendCapPayload)
+        return self._fetched(answer, SpendCapPayload, fresh=True)
 
     async def _cap_after_failure(self) -> SpendCapPayload | None:
         try:
@@ -180,7 +182,7 @@ class TensorFeedClient:
         try:
             flight.answer = await self._request("GET", path)
             self._cache[path] = flight.answer
-            return self._fetched(flight.answer, model)
+            return self._fetched(flight.answer, model, fresh=True)
         except UpstreamError as exc:
             flight.error = exc
             raise
@@ -188,7 +190,7 @@ class TensorFeedClient:
             del self._flights[path]
             flight.done.set()
 
-    def _fetched(self, answer: _Answer, model: type[PayloadT]) -> Fetched[PayloadT]:
+    def _fetched(self, answer: _Answer, model: type[PayloadT], *, fresh: bool = False) -> Fetched[PayloadT]:
         try:
             data = model.model_validate(answer.payload)
         except ValidationError as exc:
@@ -199,7 +201,7 @@ class TensorFeedClient:
                 "numbers and timestamps must carry a time zone. The service may have changed; please report this."
             ) from None
         age = max(0.0, anyio.current_time() - answer.received_at)
-        return Fetched(data=data, as_of=answer.as_of, age_seconds=round(age, 3))
+        return Fetched(data=data, as_of=answer.as_of, age_seconds=round(age, 3), fresh=fresh)
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> _Answer:
         """Send with retries on retryable failures, within the deadline; raise the last error with its attempts."""

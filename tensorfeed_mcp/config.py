@@ -25,6 +25,8 @@ TOKEN_LIKE = re.compile(r"tf_live_[^\s\"'<>,;]*")
 MIN_ALERT_POLL_SECONDS = 30.0
 DEFAULT_MAX_SESSIONS = 32
 DEFAULT_SESSION_IDLE_SECONDS = 30 * 60.0
+DEFAULT_LEDGER_CALL_DAYS = 90
+MIN_LEDGER_CALL_DAYS = 7
 WebhookFormat = Literal["slack", "discord", "json"]
 WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
 
@@ -34,6 +36,7 @@ ENV_ALERT_RULES: dict[str, str] = {
     "TENSORFEED_ALERT_DAILY_SPEND_ABOVE": "daily_spend_above",
     "TENSORFEED_ALERT_DAILY_CAP_PCT_ABOVE": "daily_cap_used_pct_above",
     "TENSORFEED_ALERT_RUNWAY_BELOW_HOURS": "runway_below_hours",
+    "TENSORFEED_ALERT_DAILY_SPEND_SPIKE_PCT": "daily_spend_spike_pct",
 }
 
 
@@ -53,6 +56,7 @@ class Settings:
     session_idle_seconds: float = DEFAULT_SESSION_IDLE_SECONDS
     alert_webhook_url: str | None = field(default=None, repr=False)
     alert_webhook_format: WebhookFormat = "json"
+    ledger_call_days: int = DEFAULT_LEDGER_CALL_DAYS
 
     @property
     def deadline_seconds(self) -> float:
@@ -209,13 +213,18 @@ def _count(environ: Mapping[str, str], name: str, default: int, *, minimum: int)
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read Settings from the environment; a malformed value raises ConfigurationError naming it."""
     env = os.environ if environ is None else environ
-    poll = _number(env, "TENSORFEED_ALERT_POLL_SECONDS", None, minimum=0)
+    # TENSORFEED_POLL_SECONDS: the watcher both records the ledger and checks alerts; the old name still works.
+    poll_variable = (
+        "TENSORFEED_POLL_SECONDS"
+        if env.get("TENSORFEED_POLL_SECONDS", "").strip()
+        else ("TENSORFEED_ALERT_POLL_SECONDS")
+    )
+    poll = _number(env, poll_variable, None, minimum=0)
     if poll == 0:
         poll = None
     elif poll is not None and poll < MIN_ALERT_POLL_SECONDS:
         raise ConfigurationError(
-            f"TENSORFEED_ALERT_POLL_SECONDS={poll:g} is too frequent; use 0 (off) or at least "
-            f"{MIN_ALERT_POLL_SECONDS:g} seconds."
+            f"{poll_variable}={poll:g} is too frequent; use 0 (off) or at least {MIN_ALERT_POLL_SECONDS:g} seconds."
         )
     rules: list[AlertRule] = []
     for name, kind in ENV_ALERT_RULES.items():
@@ -246,6 +255,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         or DEFAULT_SESSION_IDLE_SECONDS,
         alert_webhook_url=webhook_url,
         alert_webhook_format=webhook_format(webhook_url or "", env.get("TENSORFEED_ALERT_WEBHOOK_FORMAT", "")),
+        ledger_call_days=_count(
+            env, "TENSORFEED_LEDGER_CALL_DAYS", DEFAULT_LEDGER_CALL_DAYS, minimum=MIN_LEDGER_CALL_DAYS
+        ),
     )
 
 

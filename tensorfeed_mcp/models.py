@@ -223,7 +223,9 @@ class SpendCapChange(SpendCap):
     previous_cap: int | None = Field(description="The cap before this change; null when none was set.")
 
 
-AlertKind = Literal["balance_below", "daily_spend_above", "daily_cap_used_pct_above", "runway_below_hours"]
+AlertKind = Literal[
+    "balance_below", "daily_spend_above", "daily_cap_used_pct_above", "runway_below_hours", "daily_spend_spike_pct"
+]
 AlertStatus = Literal["ok", "triggered", "not_applicable", "unknown"]
 
 
@@ -275,7 +277,10 @@ class AlertCheck(AccountResult):
     triggered: int = Field(description="How many rules are triggered.")
     balance: int | None
     daily_spent: int | None = Field(description="Credits spent today (UTC).")
-    daily_spent_source: Literal["service", "usage_buffer"]
+    daily_spent_source: Literal["service", "ledger", "usage_buffer"] = Field(
+        description="service: the service's own figure (a cap is set); ledger: exact from local snapshots; "
+        "usage_buffer: summed from the visible calls."
+    )
     daily_spent_complete: bool = Field(
         description="False when daily_spent comes from the usage buffer and older calls from today may be "
         "missing from it: then it is a lower bound."
@@ -292,6 +297,71 @@ class AlertCheck(AccountResult):
         "environment's rules were evaluated, and this says why and what to do."
     )
     notifications: Notifications
+
+
+class EndpointSpend(BaseModel):
+    endpoint: str = Field(description="The endpoint, or 'other' for the rest after the top three.")
+    credits: int
+    calls: int
+
+
+class SpendBucket(BaseModel):
+    start: datetime
+    end: datetime
+    endpoint: str | None = Field(description="The endpoint this bucket is about (group_by endpoint), else null.")
+    credits: int = Field(description="Credits spent: exact when `exact`, else the least it can have been.")
+    credits_max: int | None = Field(
+        description="The most it can have been; equal to credits when exact; null when nothing bounds it (before "
+        "the first snapshot, or after the last)."
+    )
+    exact: bool = Field(
+        description="True when snapshots bracket the bucket and every snapshot interval crossing its edges had all "
+        "its calls seen, so their timestamps split it."
+    )
+    calls_seen: int
+    attributed: int = Field(description="Credits of the calls seen in the bucket.")
+    unattributed: int = Field(description="credits minus attributed: spend whose calls were never seen.")
+    by_endpoint: list[EndpointSpend] = Field(description="Seen calls per endpoint, most credits first.")
+    purchased_credits: int = Field(description="Credits bought in the bucket (purchases are never negative spend).")
+
+
+class SnapshotGap(BaseModel):
+    start: datetime
+    end: datetime
+    hours: float
+
+
+class HistoryCoverage(BaseModel):
+    first_snapshot: datetime | None = Field(description="The ledger's first snapshot for this token.")
+    snapshots: int = Field(description="Snapshots taken within the period.")
+    gap_limit_hours: float
+    gap_count: int = Field(description="Stretches in the period longer than gap_limit_hours without a snapshot.")
+    gaps: list[SnapshotGap] = Field(description="The longest ten gaps, oldest first.")
+
+
+class SpendTrend(BaseModel):
+    trailing_days: int = Field(description="Exact full UTC days among the last seven, behind the median.")
+    trailing_median_daily: float | None = Field(
+        description="Median daily spend of those days; null with fewer than three."
+    )
+    month_to_date: int = Field(description="Credits spent this UTC month so far (the least, unless exact).")
+    month_to_date_exact: bool
+    projected_month_end: float | None = Field(
+        description="month_to_date plus the trailing median for each day left in the month."
+    )
+
+
+class SpendHistory(AccountResult):
+    """Spend over time from the local ledger of snapshots: exact where snapshots allow, bounded where not."""
+
+    period_start: datetime
+    period_end: datetime = Field(description="The newest snapshot, taken for this answer.")
+    group_by: Literal["day", "hour", "endpoint"]
+    buckets: list[SpendBucket] = Field(description="UTC days or hours, oldest first; or endpoints, most first.")
+    totals: SpendBucket = Field(description="The whole period as one bucket.")
+    coverage: HistoryCoverage
+    trend: SpendTrend
+    note: str | None = Field(description="Set when the ledger has too little to go on, saying how to start it.")
 
 
 class AlertRuleSaved(BaseModel):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from tensorfeed_mcp.models import AccountBalance, AccountUsage, AlertCheck, SpendCap
+from tensorfeed_mcp.models import AccountBalance, AccountUsage, AlertCheck, SpendBucket, SpendCap, SpendHistory
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -83,3 +83,59 @@ def format_alert_check(check: AlertCheck) -> str:
     if not rows:
         return summary + "\nNo alert rules are set."
     return table(["rule", "status", "severity", "observed", "threshold", "message"], rows) + "\n" + summary
+
+
+BAR_WIDTH = 30
+EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def bar(value: float, largest: float) -> str:
+    """A horizontal bar of unicode blocks, BAR_WIDTH long for `largest`, in eighths of a character."""
+    if largest <= 0 or value <= 0:
+        return ""
+    eighths = max(1, round(8 * BAR_WIDTH * value / largest))
+    return "█" * (eighths // 8) + (EIGHTHS[eighths % 8] if eighths % 8 else "")
+
+
+def _credits(bucket: SpendBucket) -> str:
+    if bucket.exact:
+        return f"{bucket.credits:,}"
+    if bucket.credits_max is None:
+        return f"≥ {bucket.credits:,}" if bucket.credits else "unknown"
+    return f"{bucket.credits:,} to {bucket.credits_max:,}"
+
+
+def format_history(history: SpendHistory) -> str:
+    """The daily table with a bar per day; bounds are marked (≥ the least it can be, "a to b" a range), and so are days
+    that hold a gap between snapshots."""
+    gap_days = {
+        (gap.start + timedelta(days=offset)).date()
+        for gap in history.coverage.gaps
+        for offset in range((gap.end.date() - gap.start.date()).days + 1)
+    }
+    largest = max((bucket.credits_max or bucket.credits for bucket in history.buckets), default=0)
+    rows = [
+        (
+            bucket.start.strftime("%Y-%m-%d"),
+            _credits(bucket),
+            bucket.calls_seen,
+            bucket.unattributed,
+            "gap" if bucket.start.date() in gap_days else "-",
+            bar(bucket.credits, largest),
+        )
+        for bucket in history.buckets
+    ]
+    totals, trend, coverage = history.totals, history.trend, history.coverage
+    median = "-" if trend.trailing_median_daily is None else f"{trend.trailing_median_daily:,g}"
+    projected = "-" if trend.projected_month_end is None else f"{trend.projected_month_end:,.0f}"
+    first = "-" if coverage.first_snapshot is None else _cell(coverage.first_snapshot)
+    lines = [
+        table(["day (UTC)", "credits", "calls seen", "unattributed", "gap", "spend"], rows),
+        f"Total {_credits(totals)} credits. Snapshots in the period: {coverage.snapshots} (the first ever "
+        f"{first}); gaps over {coverage.gap_limit_hours:g} h: {coverage.gap_count}.",
+        f"Median day (last 7) {median}; month to date {trend.month_to_date:,}"
+        f"{'' if trend.month_to_date_exact else ' (at least)'}; projected month end {projected}.",
+    ]
+    if history.note:
+        lines.append(history.note)
+    return "\n".join(lines)

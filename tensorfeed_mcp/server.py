@@ -8,7 +8,7 @@ import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, ParamSpec, TypeVar, get_args
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar, get_args
 
 import anyio
 from mcp.server import MCPServer
@@ -43,7 +43,7 @@ from pydantic import Field, StrictFloat, StrictInt, ValidationError, ValidatorFu
 from pydantic_core import PydanticCustomError
 
 from tensorfeed_mcp import __version__
-from tensorfeed_mcp.account import AccountService
+from tensorfeed_mcp.account import MAX_HISTORY_DAYS, MAX_HOUR_DAYS, AccountService
 from tensorfeed_mcp.alerts import KINDS_HELP, MAX_NAME_LENGTH
 from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import TensorFeedError, shown
@@ -61,6 +61,7 @@ from tensorfeed_mcp.models import (
     PaymentHistory,
     SpendCap,
     SpendCapChange,
+    SpendHistory,
 )
 
 logger = logging.getLogger(__name__)
@@ -341,6 +342,32 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     @tool_errors
     async def get_payment_history(ctx: Context[AccountService]) -> PaymentHistory:
         return await account(ctx).history()
+
+    @server.tool(
+        title="Spend history",
+        annotations=READ_ONLY,
+        description=(
+            "Credits spent per UTC day, hour or endpoint over past days, from this machine's ledger of account "
+            "snapshots, beyond the service's 100-call memory: exact where snapshots allow, else a bound "
+            "(credits to credits_max); per-endpoint detail from the calls seen; purchases; gaps; the trailing "
+            "median day and a month-end projection."
+        ),
+    )
+    @tool_errors
+    async def get_spend_history(
+        ctx: Context[AccountService],
+        days: Annotated[
+            StrictInt,
+            Field(ge=1, le=MAX_HISTORY_DAYS),
+            explained(f"days must be a whole number from 1 to {MAX_HISTORY_DAYS} (at most {MAX_HOUR_DAYS} by hour)."),
+            Field(description="UTC days back, today included."),
+        ] = 7,
+        group_by: Annotated[
+            Literal["day", "hour", "endpoint"],
+            explained("group_by must be 'day', 'hour' (days up to 7) or 'endpoint'."),
+        ] = "day",
+    ) -> SpendHistory:
+        return await account(ctx).spend_history(days, group_by)
 
     @server.tool(
         title="Daily spend cap",

@@ -1,4 +1,5 @@
-"""AlertStore: the user's alert rules and their trigger state in one SQLite file, keyed by token fingerprint.
+"""StateStore: alert rules, their trigger state, queued alert messages and the spend ledger, in one SQLite file,
+keyed by token fingerprint.
 
 Every operation opens its own connection and runs in one transaction, so several server processes can share
 the file (WAL mode, a busy timeout, BEGIN IMMEDIATE for writes). A file that is not a database is never
@@ -9,20 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from tensorfeed_mcp.errors import InvalidInputError, StateStoreError
+from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.models import AlertRule, AlertStatus
 
 if TYPE_CHECKING:
     import sqlite3
 
 MAX_SAVED_RULES = 100
-SCHEMA_VERSION = 2  # 2: alert_outbox
+SCHEMA_VERSION = 3  # 2: alert_outbox; 3: the ledger_* tables
 OUTBOX_LEASE_SECONDS = 60.0  # longer than one delivery's attempts take, so only a crashed sender's lease runs out
 BUSY_TIMEOUT_MS = 5000
 SCHEMA = """
@@ -48,7 +50,30 @@ CREATE TABLE IF NOT EXISTS alert_outbox (
     body TEXT NOT NULL,
     claimed_until REAL
 );
+CREATE TABLE IF NOT EXISTS ledger_readings (
+    fingerprint TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    spent INTEGER NOT NULL,
+    purchased INTEGER NOT NULL,
+    PRIMARY KEY (fingerprint, at)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_calls (
+    fingerprint TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    credits INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (fingerprint, at, endpoint, credits)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_purchases (
+    fingerprint TEXT NOT NULL,
+    tx_hash TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    credits INTEGER NOT NULL,
+    PRIMARY KEY (fingerprint, tx_hash)
+) WITHOUT ROWID;
 """
+# Times in the ledger tables are integer milliseconds since the epoch (UTC), as in ledger.py.
 
 AlertEvent = Literal["triggered", "resolved"]
 Compose = Callable[[str, AlertEvent, datetime | None], str]
@@ -63,7 +88,7 @@ def _rule(name: str, kind: str, threshold: float, unit: str) -> AlertRule:
     )
 
 
-class AlertStore:
+class StateStore:
     """Saved alert rules and when each went from ok to triggered. Creating one touches no file."""
 
     def __init__(self, path: Path) -> None:
@@ -205,6 +230,81 @@ class AlertStore:
                 db.execute("SELECT count(*) FROM alert_outbox WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
             ),
             write=False,
+        )
+
+    def record_snapshot(
+        self,
+        fingerprint: str,
+        reading: Reading | None,
+        calls: Sequence[SeenCall],
+        purchases: Sequence[tuple[str, SeenPurchase]],
+    ) -> None:
+        """Add what one look at the account found. A call seen again is stored once; `count` keeps the most
+        calls ever seen at once with the same time, endpoint and credits, so concurrent writers agree."""
+
+        def record(db: sqlite3.Connection) -> None:
+            if reading is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO ledger_readings (fingerprint, at, spent, purchased) VALUES (?, ?, ?, ?)",
+                    (fingerprint, reading.at, reading.spent, reading.purchased),
+                )
+            db.executemany(
+                "INSERT INTO ledger_calls (fingerprint, at, endpoint, credits, count) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (fingerprint, at, endpoint, credits) DO UPDATE SET count = max(count, excluded.count)",
+                [(fingerprint, call.at, call.endpoint, call.credits, call.count) for call in calls],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO ledger_purchases (fingerprint, tx_hash, at, credits) VALUES (?, ?, ?, ?)",
+                [(fingerprint, tx_hash, purchase.at, purchase.credits) for tx_hash, purchase in purchases],
+            )
+
+        self._run(record, write=True)
+
+    def load_ledger(self, fingerprint: str, start: int) -> tuple[Ledger, int | None]:
+        """The token's ledger from the last reading at or before `start` on, and the time of its first reading
+        ever (None when there is none)."""
+
+        def load(db: sqlite3.Connection) -> tuple[Ledger, int | None]:
+            first, anchor = db.execute(
+                "SELECT min(at), (SELECT max(at) FROM ledger_readings WHERE fingerprint = ?1 AND at <= ?2) "
+                "FROM ledger_readings WHERE fingerprint = ?1",
+                (fingerprint, start),
+            ).fetchone()
+            since = start if anchor is None else anchor
+            readings = [
+                Reading(*row)
+                for row in db.execute(
+                    "SELECT at, spent, purchased FROM ledger_readings WHERE fingerprint = ? AND at >= ? ORDER BY at",
+                    (fingerprint, since),
+                )
+            ]
+            calls = [
+                SeenCall(*row)
+                for row in db.execute(
+                    "SELECT at, endpoint, credits, count FROM ledger_calls WHERE fingerprint = ? AND at >= ? "
+                    "ORDER BY at",
+                    (fingerprint, min(since, start)),
+                )
+            ]
+            purchases = [
+                SeenPurchase(*row)
+                for row in db.execute(
+                    "SELECT at, credits FROM ledger_purchases WHERE fingerprint = ? AND at >= ? ORDER BY at",
+                    (fingerprint, start),
+                )
+            ]
+            return Ledger(readings, calls, purchases), first
+
+        return self._run(load, write=False)
+
+    def forget_calls_before(self, fingerprint: str, cutoff: int) -> int:
+        """Delete the token's seen calls older than `cutoff`; return how many rows went. Readings stay: they
+        alone keep every day's total exact."""
+        return self._run(
+            lambda db: (
+                db.execute("DELETE FROM ledger_calls WHERE fingerprint = ? AND at < ?", (fingerprint, cutoff)).rowcount
+            ),
+            write=True,
         )
 
     def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:

@@ -29,6 +29,11 @@ CAPTURED: list[str] = []
 WATCHED_TOKENS: list[str] = list(DEMO_TOKENS.values())
 """Tokens that must appear nowhere in CAPTURED; test modules add the ones they make up."""
 MODES = ["legacy", "2026-07-28"]
+TOOL_NAMES = {
+    *("get_account_balance", "get_account_usage", "get_payment_history", "get_spend_history"),
+    *("get_spend_cap", "set_spend_cap", "clear_spend_cap"),
+    *("set_spend_alert", "delete_spend_alert", "check_spend_alerts"),
+}
 
 
 def record(text: object) -> None:

@@ -34,7 +34,7 @@ from tensorfeed_mcp.http_app import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS, bui
 from tensorfeed_mcp.models import MAX_UPSTREAM_TEXT, is_unsafe_char
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
 from tensorfeed_mcp.server import SUMMARY_URI, AccountRuntime, build_server
-from tensorfeed_mcp.store import MAX_SAVED_RULES, AlertStore
+from tensorfeed_mcp.store import MAX_SAVED_RULES, StateStore
 
 pytestmark = [
     pytest.mark.anyio,
@@ -465,7 +465,7 @@ def break_state(state_dir: Path, problem: str) -> Path:
         state.write_bytes(b"not a database: the user's file all the same\n" * 64 + bytes(range(256)))
         return state
     saved = make_rule("balance_below", 1, "saved-by-user")
-    AlertStore(state).save_rule(token_fingerprint(DEMO_TOKENS["busy"]), saved)
+    StateStore(state).save_rule(token_fingerprint(DEMO_TOKENS["busy"]), saved)
     state.chmod(0o400)
     state_dir.chmod(0o500)
     if writes_are_refused(state):

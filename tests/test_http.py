@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import anyio
 import httpx2
 import pytest
-from conftest import MODES, Caller, console_script, record, server_env, settings_for
+from conftest import MODES, TOOL_NAMES, Caller, console_script, record, server_env, settings_for
 from mcp import Client, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -192,7 +192,7 @@ async def test_every_tool_over_streamable_http(http_server: Served, sandbox: Run
     assert http_server.url == f"http://127.0.0.1:{http_server.port}/mcp"
     async with Client(http_server.url, mode=mode) as client:
         assert (client.protocol_version == "2026-07-28") == (mode != "legacy")
-        assert len((await client.list_tools()).tools) == 9
+        assert len((await client.list_tools()).tools) == len(TOOL_NAMES)
         await exercise_every_tool(RecordingCaller(client), sandbox, f"http-{mode}")
 
 
@@ -201,7 +201,7 @@ async def test_every_tool_over_sse(sandbox: RunningSandbox, tmp_path: Path) -> N
         assert served.url == f"http://127.0.0.1:{served.port}/sse"
         async with sse_client(served.url) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
-            assert len((await session.list_tools()).tools) == 9
+            assert len((await session.list_tools()).tools) == len(TOOL_NAMES)
             await exercise_every_tool(RecordingCaller(session), sandbox, "sse")  # type: ignore[arg-type]
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MODES, Caller, read_recorded, settings_for, stdio_params
+from conftest import MODES, TOOL_NAMES, Caller, read_recorded, settings_for, stdio_params
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
@@ -69,7 +69,7 @@ async def test_a_bad_token_over_stdio_is_an_error_result_and_the_server_keeps_se
             message = await caller.error("get_account_balance")
             assert "'tf_live_' followed by 64" in message and "No request was sent" in message
             assert "sk_live_notatensorfeedtoken" not in message
-            assert len((await client.list_tools()).tools) == 9
+            assert len((await client.list_tools()).tools) == len(TOOL_NAMES)
     assert "sk_live_notatensorfeedtoken" not in read_recorded(tmp_path / "stderr.log")
 
 

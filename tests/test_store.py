@@ -1,4 +1,4 @@
-"""AlertStore on real files: rules per token fingerprint, trigger state, concurrent processes, damaged files."""
+"""StateStore on real files: rules per token fingerprint, trigger state, concurrent processes, damaged files."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import pytest
 
 from tensorfeed_mcp.alerts import make_rule
 from tensorfeed_mcp.errors import StateStoreError
-from tensorfeed_mcp.store import AlertStore
+from tensorfeed_mcp.store import StateStore
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def test_creating_a_store_touches_no_file(tmp_path: Path) -> None:
-    AlertStore(tmp_path / "deep" / "alerts.sqlite3")
+    StateStore(tmp_path / "deep" / "alerts.sqlite3")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_rules_are_saved_updated_deleted_and_kept_apart_per_token(tmp_path: Path) -> None:
-    store = AlertStore(tmp_path / "alerts.sqlite3")
+    store = StateStore(tmp_path / "alerts.sqlite3")
     assert store.save_rule("fp-a", make_rule("balance_below", 100, "floor")) == ("created", 1)
     assert store.save_rule("fp-a", make_rule("balance_below", 50, "floor")) == ("updated", 1)
     assert store.save_rule("fp-b", make_rule("runway_below_hours", 12)) == ("created", 1)
@@ -39,7 +39,7 @@ def test_rules_are_saved_updated_deleted_and_kept_apart_per_token(tmp_path: Path
 
 
 def test_since_is_set_on_trigger_kept_while_triggered_and_cleared_when_ok(tmp_path: Path) -> None:
-    store = AlertStore(tmp_path / "alerts.sqlite3")
+    store = StateStore(tmp_path / "alerts.sqlite3")
     store.save_rule("fp", make_rule("balance_below", 100, "floor"))
     assert store.record_statuses("fp", {"floor": "ok"}, T0) == {"floor": None}
     assert store.record_statuses("fp", {"floor": "triggered"}, T0 + timedelta(minutes=1)) == {
@@ -59,7 +59,7 @@ def test_since_is_set_on_trigger_kept_while_triggered_and_cleared_when_ok(tmp_pa
 
 
 def test_changing_a_rules_threshold_forgets_its_trigger_time(tmp_path: Path) -> None:
-    store = AlertStore(tmp_path / "alerts.sqlite3")
+    store = StateStore(tmp_path / "alerts.sqlite3")
     store.save_rule("fp", make_rule("balance_below", 100, "floor"))
     store.record_statuses("fp", {"floor": "triggered"}, T0)
     store.save_rule("fp", make_rule("balance_below", 100, "floor"))  # same rule: state kept
@@ -70,7 +70,7 @@ def test_changing_a_rules_threshold_forgets_its_trigger_time(tmp_path: Path) -> 
 
 
 def _save_rules(path: str, prefix: str, start: Any) -> None:
-    store = AlertStore(Path(path))
+    store = StateStore(Path(path))
     start.wait()
     for i in range(25):
         store.save_rule("fp", make_rule("balance_below", 10 + i, f"{prefix}-{i}"))
@@ -87,13 +87,13 @@ def test_processes_writing_at_once_on_a_new_file_lose_nothing(tmp_path: Path) ->
     for worker in workers:
         worker.join(timeout=60)
     assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
-    assert len(AlertStore(path).list_rules("fp")) == 100
+    assert len(StateStore(path).list_rules("fp")) == 100
 
 
 def test_a_file_that_is_not_a_database_is_kept_and_copied_once(tmp_path: Path) -> None:
     path = tmp_path / "alerts.sqlite3"
     path.write_bytes(b"\x00garbage" * 512)
-    store = AlertStore(path)
+    store = StateStore(path)
     for operation in (lambda: store.list_rules("fp"), lambda: store.save_rule("fp", make_rule("balance_below", 1))):
         with pytest.raises(StateStoreError, match="not a readable SQLite database") as raised:
             operation()
@@ -105,10 +105,10 @@ def test_a_file_that_is_not_a_database_is_kept_and_copied_once(tmp_path: Path) -
 def test_a_folder_where_the_file_should_be_is_reported(tmp_path: Path) -> None:
     (tmp_path / "alerts.sqlite3").mkdir()
     with pytest.raises(StateStoreError, match="is a folder"):
-        AlertStore(tmp_path / "alerts.sqlite3").list_rules("fp")
+        StateStore(tmp_path / "alerts.sqlite3").list_rules("fp")
 
 
 def test_a_state_folder_that_cannot_be_created_is_reported(tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("a file, not a folder")
     with pytest.raises(StateStoreError, match="Cannot create the alert state folder"):
-        AlertStore(tmp_path / "blocker" / "alerts.sqlite3").list_rules("fp")
+        StateStore(tmp_path / "blocker" / "alerts.sqlite3").list_rules("fp")

@@ -9,25 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODES, Caller, in_memory, record, settings_for
+from conftest import MODES, TOOL_NAMES, Caller, in_memory, record, settings_for
 from mcp.types import TextResourceContents
 
 from tensorfeed_mcp import __version__
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
 
 pytestmark = pytest.mark.anyio
-
-TOOLS = {
-    "get_account_usage",
-    "get_account_balance",
-    "get_payment_history",
-    "get_spend_cap",
-    "set_spend_cap",
-    "clear_spend_cap",
-    "set_spend_alert",
-    "delete_spend_alert",
-    "check_spend_alerts",
-}
 
 
 def when(text: str) -> datetime:
@@ -43,7 +31,7 @@ def masked(account: str) -> str:
 async def test_every_tool_is_typed_titled_and_annotated(sandbox: RunningSandbox, tmp_path: Path, mode: str) -> None:
     async with in_memory(settings_for(sandbox, tmp_path), mode) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == TOOLS
+    assert set(tools) == TOOL_NAMES
     for tool in tools.values():
         assert tool.title and tool.description and len(tool.description) > 40
         assert tool.output_schema and tool.output_schema.get("type") == "object"
@@ -237,7 +225,7 @@ async def test_without_a_token_the_server_lists_tools_and_explains(
     sandbox: RunningSandbox, tmp_path: Path, mode: str
 ) -> None:
     async with in_memory(settings_for(sandbox, tmp_path, token=None), mode) as client:
-        assert len((await client.list_tools()).tools) == len(TOOLS)
+        assert len((await client.list_tools()).tools) == len(TOOL_NAMES)
         message = await Caller(client).error("get_account_balance")
     assert "TENSORFEED_TOKEN" in message and "tensorfeed.ai" in message
 

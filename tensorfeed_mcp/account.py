@@ -64,6 +64,11 @@ MAX_HOUR_DAYS = 7
 USD_PER_CREDIT = 0.02  # the base rate, 50 credits per dollar; volume purchases get more credits per dollar
 
 
+def _says_nothing_new(reading: Reading, last: Reading) -> bool:
+    """A reading within a minute of the last one recorded, with the same figures, adds nothing worth a write."""
+    return (reading.spent, reading.purchased) == (last.spent, last.purchased) and 0 <= reading.at - last.at < 60_000
+
+
 class AccountService:
     """One token's account: reads, the spend cap, and alert rules with their verdicts."""
 
@@ -73,6 +78,7 @@ class AccountService:
         self._env_rules = list(settings.env_alert_rules)
         self._state_store: StateStore | None = None
         self._forgotten_through = -1  # the UTC day (in days since the epoch) old calls were last forgotten on
+        self._last_recorded: tuple[Reading | None, frozenset[SeenCall]] = (None, frozenset())
 
     @classmethod
     @asynccontextmanager
@@ -318,11 +324,18 @@ class AccountService:
                 for purchase in history.data.purchases
                 if purchase.confirmed_at is not None
             ]
+        last_reading, last_calls = self._last_recorded
+        if reading is not None and last_reading is not None and _says_nothing_new(reading, last_reading):
+            reading = None
+        if frozenset(calls) == last_calls:
+            calls = []
         if reading is None and not calls and not purchases:
             return
         fingerprint = self._fingerprint()
         try:
-            await anyio.to_thread.run_sync(self._store.record_snapshot, fingerprint, reading, calls, purchases)
+            readings = [] if reading is None else [reading]
+            await anyio.to_thread.run_sync(self._store.record_snapshot, fingerprint, readings, calls, purchases)
+            self._last_recorded = (reading or last_reading, frozenset(calls) or last_calls)
             if reading is not None and reading.at // DAY_MS != self._forgotten_through:
                 self._forgotten_through = reading.at // DAY_MS
                 cutoff = reading.at - self._settings.ledger_call_days * DAY_MS

@@ -235,19 +235,19 @@ class StateStore:
     def record_snapshot(
         self,
         fingerprint: str,
-        reading: Reading | None,
+        readings: Sequence[Reading],
         calls: Sequence[SeenCall],
         purchases: Sequence[tuple[str, SeenPurchase]],
     ) -> None:
-        """Add what one look at the account found. A call seen again is stored once; `count` keeps the most
-        calls ever seen at once with the same time, endpoint and credits, so concurrent writers agree."""
+        """Add what a look at the account found, in one transaction. A call seen again is stored once; `count`
+        keeps the most calls ever seen at once with the same time, endpoint and credits, so concurrent writers
+        agree."""
 
         def record(db: sqlite3.Connection) -> None:
-            if reading is not None:
-                db.execute(
-                    "INSERT OR IGNORE INTO ledger_readings (fingerprint, at, spent, purchased) VALUES (?, ?, ?, ?)",
-                    (fingerprint, reading.at, reading.spent, reading.purchased),
-                )
+            db.executemany(
+                "INSERT OR IGNORE INTO ledger_readings (fingerprint, at, spent, purchased) VALUES (?, ?, ?, ?)",
+                [(fingerprint, reading.at, reading.spent, reading.purchased) for reading in readings],
+            )
             db.executemany(
                 "INSERT INTO ledger_calls (fingerprint, at, endpoint, credits, count) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (fingerprint, at, endpoint, credits) DO UPDATE SET count = max(count, excluded.count)",
@@ -342,6 +342,8 @@ class StateStore:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # In WAL mode this still survives a crash of the process; only a power cut may lose the last commits.
+            db.execute("PRAGMA synchronous = NORMAL")
             if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 self._initialise(db)
             yield db

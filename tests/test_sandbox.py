@@ -6,15 +6,18 @@ import gzip
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from itertools import pairwise
 from typing import Any
 
 import httpx2
 import pytest
+from conftest import move_to_midday
 
-from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, running_sandbox
+from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, SandboxControl, running_sandbox
 
 READS = ["payment/balance", "payment/usage", "payment/history", "payment/spend-cap"]
 MiB = 1024 * 1024
@@ -379,4 +382,200 @@ def test_custom_serves_exactly_the_spec(fresh_sandbox: RunningSandbox, api: http
 def test_custom_refuses_what_http_cannot_carry(fresh_sandbox: RunningSandbox, options: dict[str, Any]) -> None:
     with pytest.raises(httpx2.HTTPStatusError) as refused:
         fresh_sandbox.control.set_fault("custom", **options)
+    assert refused.value.response.status_code == 400
+
+
+# Issue 10, item 6: generated traffic, purchases at a time and the ground truth.
+
+SERVICE_TIERS = {  # the service's tiers and how often generated traffic draws each (percent), spelled out
+    ("/api/premium/routing", 1): 40,
+    ("/api/premium/news/search", 1): 30,
+    ("/api/premium/agents/directory", 5): 15,
+    ("/api/premium/whats-new", 10): 10,
+    ("/api/premium/monitor/bulk", 50): 5,
+}
+PLENTY = 1_000_000  # credits enough that no generated call is refused for want of them
+
+
+def calls_since(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """The calls in truth `after` that truth `before` did not have (both oldest first)."""
+    earlier: list[dict[str, Any]] = before["calls"]
+    assert after["calls"][: len(earlier)] == earlier
+    later: list[dict[str, Any]] = after["calls"][len(earlier) :]
+    return later
+
+
+def endpoints_of(calls: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(call["endpoint"], call["credits"]) for call in calls]
+
+
+def test_traffic_spreads_calls_evenly_moves_the_clock_and_rolls_the_buffer_over(
+    fresh_sandbox: RunningSandbox, api: httpx2.Client
+) -> None:
+    control = fresh_sandbox.control
+    control.add_purchase("new", PLENTY, 20_000.0)
+    before, balance_before = control.truth("new"), control.account("new")["balance"]
+    calls, seconds = 240, 3600.0
+    start = control.now()
+    answer = control.traffic("new", calls, seconds, seed=7)
+    now = parsed(answer["now"])
+    assert (answer["made"], answer["refused_no_credits"], answer["refused_by_cap"]) == (calls, 0, 0)
+    assert timedelta(seconds=seconds) <= now - start < timedelta(seconds=seconds + 5)
+    assert control.now() >= now
+    made = calls_since(before, control.truth("new"))
+    times = [parsed(call["at"]) for call in made]
+    step = timedelta(seconds=seconds / calls)
+    assert len(made) == calls and {later - earlier for earlier, later in pairwise(times)} == {step}
+    assert start + step <= times[0] < start + step + timedelta(seconds=5)  # the first at start + S/N
+    assert times[-1] - times[0] == timedelta(seconds=seconds) - step and times[-1] <= now  # the last at start + S
+    newest_first = list(reversed(made))
+    assert control.account("new")["calls"] == newest_first[:100]
+    usage = api.get("payment/usage", headers=bearer("new")).json()
+    assert usage["recent"] == newest_first[:25]
+    assert (usage["total_calls"], usage["total_credits_spent"]) == (100, sum(c["credits"] for c in newest_first[:100]))
+    assert usage["token_balance"] == balance_before - sum(call["credits"] for call in made)
+
+
+def test_traffic_refuses_what_the_balance_cannot_cover(fresh_sandbox: RunningSandbox) -> None:
+    control = fresh_sandbox.control
+    balance = control.account("low")["balance"]
+    before = control.truth("low")
+    answer = control.traffic("low", 10, 600, endpoints=[("/api/premium/agents/directory", 5)])
+    affordable = balance // 5
+    assert (answer["made"], answer["refused_no_credits"], answer["refused_by_cap"]) == (affordable, 10 - affordable, 0)
+    assert len(calls_since(before, control.truth("low"))) == affordable
+    assert control.account("low")["balance"] == balance - 5 * affordable
+
+
+def test_traffic_refuses_calls_past_each_days_cap(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    control = fresh_sandbox.control
+    control.add_purchase("new", PLENTY, 20_000.0)
+    cap = api.post("payment/spend-cap", headers=bearer("new"), json={"daily_cap": 35}).json()["daily_cap"]
+    move_to_midday(fresh_sandbox)
+    start = control.now()
+    # Every 30 minutes from 12:30 to 12:00 the next day: 23 calls fall on the first UTC day, 25 on the second.
+    answer = control.traffic("new", 48, 86_400, endpoints=[("/api/premium/whats-new", 10)])
+    per_day = cap // 10
+    made = 2 * per_day
+    assert (answer["made"], answer["refused_by_cap"], answer["refused_no_credits"]) == (made, 48 - made, 0)
+    days = [start.date(), start.date() + timedelta(days=1)]
+    by_day = control.truth("new")["by_day"]
+    assert by_day.keys() == {day.isoformat() for day in days}
+    assert all((day["calls"], day["credits"]) == (per_day, 10 * per_day) for day in by_day.values())
+    assert api.get("payment/spend-cap", headers=bearer("new")).json()["daily_spent"] == 10 * per_day
+
+
+def generated(
+    control: SandboxControl, account: str, seed: int, endpoints: list[tuple[str, int]] | None = None
+) -> list[tuple[str, int]]:
+    """The (endpoint, credits) of 1000 calls generated for `account`, which gets the credits for all of them."""
+    control.add_purchase(account, PLENTY, 20_000.0)
+    before = control.truth(account)
+    assert control.traffic(account, 1000, 3600, endpoints, seed)["made"] == 1000
+    return endpoints_of(calls_since(before, control.truth(account)))
+
+
+def test_the_same_seed_draws_the_same_endpoints_by_the_tiers_weights(fresh_sandbox: RunningSandbox) -> None:
+    control = fresh_sandbox.control
+    drawn = generated(control, "new", 42)
+    assert generated(control, "low", 42) == drawn
+    assert generated(control, "new", 43) != drawn
+    counts = Counter(drawn)
+    assert set(counts) == set(SERVICE_TIERS)
+    for tier, weight in SERVICE_TIERS.items():  # within five standard deviations of 1000 draws at its weight
+        share = weight / 100
+        assert abs(counts[tier] - 1000 * share) <= 5 * math.sqrt(1000 * share * (1 - share)), (tier, counts)
+    chosen = [("/api/premium/x", 1), ("/api/premium/y", 50)]
+    assert set(generated(control, "low", 42, chosen)) == set(chosen)
+
+
+def test_truth_holds_every_call_ever_made_by_day(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
+    control = fresh_sandbox.control
+    seeded = control.truth("busy")
+    assert seeded["calls"] == list(reversed(control.account("busy")["calls"]))  # the seeded ring buffer
+    api.post("payment/spend-cap", headers=bearer(), json={"daily_cap": None})
+    assert control.add_calls("busy", "/api/premium/routing", 1, count=3) == 3
+    answer = control.traffic("busy", 600, 3 * 86_400, seed=3)
+    assert answer["made"] > 0 and answer["refused_no_credits"] > 0  # busy runs out of credits on the way
+    truth = control.truth("busy")
+    made = calls_since(seeded, truth)
+    assert len(made) == 3 + answer["made"]
+    assert truth["spent_lifetime"] - seeded["spent_lifetime"] == sum(call["credits"] for call in made)
+    assert truth["balance"] == control.account("busy")["balance"] == truth["total_purchased"] - truth["spent_lifetime"]
+    times = [parsed(call["at"]) for call in truth["calls"]]
+    assert times == sorted(times)
+    days: dict[str, dict[str, Any]] = {}
+    for call in truth["calls"]:
+        day = days.setdefault(call["at"][:10], {"calls": 0, "credits": 0, "by_endpoint": Counter()})
+        day["calls"] += 1
+        day["credits"] += call["credits"]
+        day["by_endpoint"][call["endpoint"]] += call["credits"]
+    assert truth["by_day"] == days
+    assert control.account("busy")["calls"] == list(reversed(truth["calls"]))[:100]
+
+
+def test_purchases_at_a_time_are_confirmed_then_and_credited_at_once(
+    fresh_sandbox: RunningSandbox, api: httpx2.Client
+) -> None:
+    control = fresh_sandbox.control
+    before = control.truth("busy")
+    at = control.now() - timedelta(days=10)
+    control.add_purchase("busy", 550, 10.0, at=at)
+    after_dated = control.truth("busy")
+    control.add_purchase("busy", 65, 1.0)
+    now = control.now()
+    truth = control.truth("busy")
+    assert truth["balance"] == before["balance"] + 550 + 65
+    assert truth["total_purchased"] == before["total_purchased"] + 550 + 65
+    assert truth["spent_lifetime"] == before["spent_lifetime"]
+    dated = next(p for p in after_dated["purchases"] if p not in before["purchases"])
+    assert (dated["credits_added"], dated["amount_usd"], parsed(dated["confirmed_at"])) == (550, 10.0, at)
+    latest = truth["purchases"][-1]
+    assert latest["credits_added"] == 65 and now - timedelta(seconds=5) < parsed(latest["confirmed_at"]) <= now
+    history = api.get("payment/history", headers=bearer()).json()
+    listed = [(p["tx_hash"], p["confirmed_at"]) for p in history["purchases"]]
+    assert listed == [(p["tx_hash"], p["confirmed_at"]) for p in reversed(truth["purchases"])]
+    assert dated["confirmed_at"] in {confirmed for _, confirmed in listed}
+    confirmed = [parsed(stamp) for _, stamp in listed]
+    assert confirmed == sorted(confirmed, reverse=True)
+    assert history["current_balance"] == truth["balance"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"calls": 0, "seconds": 60},
+        {"calls": 100_001, "seconds": 60},
+        {"calls": True, "seconds": 60},
+        {"calls": 1.5, "seconds": 60},
+        {"seconds": 60},
+        {"calls": 10, "seconds": 0},
+        {"calls": 10, "seconds": -1},
+        {"calls": 10, "seconds": 400 * 86_400 + 1},
+        {"calls": 10, "seconds": "60"},
+        {"calls": 10, "seconds": math.nan},
+        {"calls": 10, "seconds": 60, "endpoints": []},
+        {"calls": 10, "seconds": 60, "endpoints": [["/api/premium/routing"]]},
+        {"calls": 10, "seconds": 60, "endpoints": [["/api/premium/routing", 3]]},
+        {"calls": 10, "seconds": 60, "endpoints": [["routing", 1]]},
+        {"calls": 10, "seconds": 60, "seed": "7"},
+        {"calls": 10, "seconds": 60, "speed": 2},
+        [10, 60],
+    ],
+)
+def test_bad_traffic_specs_are_refused_with_a_message(sandbox: RunningSandbox, spec: Any) -> None:
+    before = sandbox.control.truth("new")
+    body = json.dumps(spec).encode()  # json.dumps writes NaN, which httpx2's json= refuses to send
+    refused = httpx2.post(sandbox.url + "/_sandbox/accounts/new/traffic", content=body)
+    assert refused.status_code == 400 and refused.json()["error"]
+    assert sandbox.control.truth("new") == before
+
+
+def test_traffic_for_no_such_account_or_a_body_not_json_is_refused(sandbox: RunningSandbox) -> None:
+    traffic = sandbox.url + "/_sandbox/accounts/{}/traffic"
+    unknown = httpx2.post(traffic.format("nobody"), json={"calls": 1, "seconds": 1})
+    assert unknown.status_code == 404 and "nobody" in unknown.json()["error"]
+    assert httpx2.post(traffic.format("new"), content=b"{calls: 1").status_code == 400
+    with pytest.raises(httpx2.HTTPStatusError) as refused:
+        sandbox.control.traffic("new", 0, 60)
     assert refused.value.response.status_code == 400

@@ -10,6 +10,8 @@ TARGETS = {
     "stdio_overhead_p50_ms": 2.0,
     "burst_upstream_per_call": 0.05,
     "memory_growth_mb": 5.0,
+    "history_90_days_p50_ms": 50.0,
+    "history_30_days_bytes": 3000,
 }
 
 
@@ -121,6 +123,8 @@ def render(results: dict[str, Any]) -> str:
         + " MiB.",
         "",
         *context_section(results["context"]),
+        "",
+        *ledger_section(results["ledger"]),
     ]
     return "\n".join(lines)
 
@@ -184,4 +188,29 @@ def context_section(context: dict[str, Any]) -> list[str]:
         f"{verdict(visible['met'])} |",
         f"| the whole result as sent (compact JSON) | {wire['bytes']:,} B | {wire['tokens']:,} | | |",
         "",
+    ]
+
+
+def ledger_section(ledger: dict[str, Any]) -> list[str]:
+    """The ledger at scale: file size, get_spend_history latency and answer sizes, beside their targets."""
+    latency, sizes = ledger["history_90_days_p50_ms"], ledger["answer_bytes_by_days"]
+    thirty = sizes["30"] if "30" in sizes else sizes[30]
+    return [
+        "## Spend ledger at scale",
+        "",
+        f"A year of a busy account written into the state file: {ledger['calls']:,} calls, every one seen, and a "
+        f"snapshot every 10 minutes ({ledger['readings']:,} readings). Then `get_spend_history(days=90)` over stdio, "
+        f"{ledger['history_runs']} times, with the upstream reads served from the cache (TENSORFEED_CACHE_SECONDS "
+        "3600, after one warm-up call), so the figure is the ledger's own cost: loading the days it needs from "
+        "SQLite, working out every bucket, and the MCP round trip. Answer sizes are compact JSON of "
+        "structuredContent.",
+        "",
+        "| measure | figure | target | |",
+        "|---|---|---|---|",
+        f"| state file with a year of ledger | {ledger['file_mib']:.1f} MiB | | |",
+        f"| get_spend_history(days=90), p50 | {latency:.1f} ms | ≤ {TARGETS['history_90_days_p50_ms']:g} ms | "
+        f"{verdict(latency <= TARGETS['history_90_days_p50_ms'])} |",
+        f"| answer, 30 days by day | {thirty:,} B | ≤ {TARGETS['history_30_days_bytes']:,} B | "
+        f"{verdict(thirty <= TARGETS['history_30_days_bytes'])} |",
+        *(f"| answer, {days} days by day | {size:,} B | | |" for days, size in sizes.items() if str(days) != "30"),
     ]

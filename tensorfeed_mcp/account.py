@@ -384,7 +384,7 @@ class AccountService:
         fingerprint = self._fingerprint()
         now = max((to_ms(value.as_of) for value in fetched.values()), default=self._now_ms())
         ledger, first = await anyio.to_thread.run_sync(
-            self._store.load_ledger, fingerprint, self._ledger_start(now) - (days - 1) * DAY_MS
+            self._store.load_ledger, fingerprint, min(self._ledger_start(now), day_start(now) - (days - 1) * DAY_MS)
         )
         end = (ledger.last_reading if ledger.last_reading is not None else now) + 1
         parts = history(ledger, first, end, days, group_by)

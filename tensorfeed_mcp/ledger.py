@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from itertools import pairwise
-from typing import Literal
+from itertools import accumulate, pairwise
+from typing import Any, Literal, NamedTuple
 
-from tensorfeed_mcp.models import EndpointSpend, HistoryCoverage, SnapshotGap, SpendBucket, SpendTrend
+from tensorfeed_mcp.models import HistoryCoverage, SnapshotGap, SpendBucket, SpendTrend
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -32,8 +32,7 @@ TOP_ENDPOINTS = 3
 MAX_GAPS_SHOWN = 10
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
     """The account at one moment: lifetime spend and lifetime purchases, in credits."""
 
     at: int
@@ -41,18 +40,16 @@ class Reading:
     purchased: int
 
 
-@dataclass(frozen=True)
-class SeenCall:
-    """`count` calls with the same time, endpoint and credits (two such calls are two calls)."""
+class SeenCall(NamedTuple):
+    """`calls` calls with the same time, endpoint and credits (two such calls are two calls)."""
 
     at: int
     endpoint: str
     credits: int
-    count: int = 1
+    calls: int = 1
 
 
-@dataclass(frozen=True)
-class SeenPurchase:
+class SeenPurchase(NamedTuple):
     at: int
     credits: int
 
@@ -79,33 +76,38 @@ class Figure:
 
 
 class Ledger:
-    """A token's readings, seen calls and purchases, indexed for spend questions over any window."""
+    """A token's readings, seen calls and purchases, indexed for spend questions over any window.
+
+    Every question costs a few binary searches, plus one pass over the seen calls in the window when their
+    per-endpoint detail is wanted.
+    """
 
     def __init__(
-        self, readings: Sequence[Reading], calls: Sequence[SeenCall], purchases: Sequence[SeenPurchase]
+        self,
+        readings: Sequence[tuple[int, int, int]],
+        calls: Sequence[tuple[int, str, int, int]],
+        purchases: Sequence[tuple[int, int]],
     ) -> None:
-        self.readings = sorted(readings, key=lambda reading: reading.at)
-        self.calls = sorted(calls, key=lambda call: call.at)
-        self.purchases = sorted(purchases, key=lambda purchase: purchase.at)
-        self._reading_at = [reading.at for reading in self.readings]
-        self._call_at = [call.at for call in self.calls]
-        self._credits_before = [0]
-        for call in self.calls:
-            self._credits_before.append(self._credits_before[-1] + call.credits * call.count)
-        # Per interval k, between readings k and k+1: its exact spend, and whether its seen calls account for it.
-        self._spend = [max(0, later.spent - earlier.spent) for earlier, later in pairwise(self.readings)]
-        self._complete = [
-            self.seen_credits(earlier.at + 1, later.at) == spend
-            for (earlier, later), spend in zip(pairwise(self.readings), self._spend, strict=True)
-        ]
-
-    @property
-    def first_reading(self) -> int | None:
-        return self.readings[0].at if self.readings else None
+        """Rows shaped like Reading, SeenCall and SeenPurchase, each kind in time order (plain tuples do: the store
+        hands over its rows), kept as columns, since a year of a busy account holds tens of thousands of them."""
+        self._reading_at: list[int]
+        self._call_at: list[int]
+        self._call_endpoint: list[str]
+        self._call_count: list[int]
+        self._purchase_at: list[int]
+        self._purchase_credits: list[int]
+        self._reading_at, spent, _ = _columns(readings, 3)
+        # _spend_before[k]: the exact spend from the first reading to reading k (a decrease, which the service
+        # never reports, counts as nothing rather than as negative spend).
+        self._spend_before: list[int] = list(accumulate((max(0, b - a) for a, b in pairwise(spent)), initial=0))
+        self._call_at, self._call_endpoint, credits, self._call_count = _columns(calls, 4)
+        self._call_credits: list[int] = [each * count for each, count in zip(credits, self._call_count, strict=True)]
+        self._credits_before: list[int] = list(accumulate(self._call_credits, initial=0))
+        self._purchase_at, self._purchase_credits = _columns(purchases, 2)
 
     @property
     def last_reading(self) -> int | None:
-        return self.readings[-1].at if self.readings else None
+        return self._reading_at[-1] if self._reading_at else None
 
     def seen_credits(self, first: int, last: int) -> int:
         """Credits of the seen calls with first <= at <= last."""
@@ -116,46 +118,55 @@ class Ledger:
             - self._credits_before[bisect_left(self._call_at, first)]
         )
 
-    def spend(self, start: int, end: int) -> Figure:
-        """What was spent with start <= time < end, and which seen calls and purchases fall there."""
+    def _interval_part(self, k: int, first: int, last: int) -> tuple[int, int]:
+        """The least and most of interval k's spend (between readings k and k+1) that fell in [first, last]."""
+        opens, closes = self._reading_at[k] + 1, self._reading_at[k + 1]
+        spend = self._spend_before[k + 1] - self._spend_before[k]
+        seen_inside = self.seen_credits(max(first, opens), min(last, closes))
+        seen_all = self.seen_credits(opens, closes)
+        if seen_all == spend:  # every call of the interval was seen: their times split it exactly
+            return seen_inside, seen_inside
+        return min(seen_inside, spend), min(spend, seen_inside + max(0, spend - seen_all))
+
+    def spend(self, start: int, end: int, *, detail: bool = True) -> Figure:
+        """What was spent with start <= time < end; with `detail`, also which seen calls and purchases fall
+        there."""
         first, last = start, end - 1
-        figure = Figure()
-        for call in self.calls[bisect_left(self._call_at, first) : bisect_right(self._call_at, last)]:
-            figure.calls_seen += call.count
-            figure.attributed += call.credits * call.count
-            figure.by_endpoint[call.endpoint] += call.credits * call.count
-            figure.calls_by_endpoint[call.endpoint] += call.count
-        figure.purchased = sum(p.credits for p in self.purchases if first <= p.at <= last)
-        if not self.readings:
+        figure = Figure(attributed=self.seen_credits(first, last))
+        if detail:
+            begin, stop = bisect_left(self._call_at, first), bisect_right(self._call_at, last)
+            by_endpoint, calls_by_endpoint = figure.by_endpoint, figure.calls_by_endpoint
+            for endpoint, credits, count in zip(
+                self._call_endpoint[begin:stop],
+                self._call_credits[begin:stop],
+                self._call_count[begin:stop],
+                strict=True,
+            ):
+                by_endpoint[endpoint] += credits
+                calls_by_endpoint[endpoint] += count
+            figure.calls_seen = sum(self._call_count[begin:stop])
+            bought = slice(bisect_left(self._purchase_at, first), bisect_right(self._purchase_at, last))
+            figure.purchased = sum(self._purchase_credits[bought])
+        at = self._reading_at
+        if not at:
             figure.credits, figure.credits_max = figure.attributed, None
             return figure
-        low, high, bounded = 0, 0, True
-        head, tail = self.readings[0].at, self.readings[-1].at
-        if first <= head:  # before the first reading only the seen calls are known
-            low += self.seen_credits(first, min(last, head))
-            bounded = False
-        if last > tail:
-            low += self.seen_credits(max(first, tail + 1), last)
-            bounded = False
-        # Intervals k = (reading k, reading k+1] that meet [first, last].
-        begin = max(0, bisect_left(self._reading_at, first) - 1)
-        stop = min(len(self._spend), bisect_left(self._reading_at, last))
-        for k in range(begin, stop):
-            opens, closes = self._reading_at[k] + 1, self._reading_at[k + 1]
-            inside_first, inside_last = max(first, opens), min(last, closes)
-            if inside_first > inside_last:
-                continue
-            spend = self._spend[k]
-            if (inside_first, inside_last) == (opens, closes):
-                low, high = low + spend, high + spend
-                continue
-            seen_inside = self.seen_credits(inside_first, inside_last)
-            if self._complete[k]:
-                low, high = low + seen_inside, high + seen_inside
-            else:
-                unseen = max(0, spend - self.seen_credits(opens, closes))
-                low += min(seen_inside, spend)
-                high += min(spend, seen_inside + unseen)
+        low = high = 0
+        bounded = first > at[0] and last <= at[-1]
+        if first <= at[0]:  # before the first reading only the seen calls are known
+            low += self.seen_credits(first, min(last, at[0]))
+        if last > at[-1]:
+            low += self.seen_credits(max(first, at[-1] + 1), last)
+        # Readings i..j lie in [first - 1, last]: the intervals between them are wholly inside the window.
+        i, j = bisect_left(at, first - 1), bisect_right(at, last) - 1
+        if i <= j:
+            low += self._spend_before[j] - self._spend_before[i]
+            high += self._spend_before[j] - self._spend_before[i]
+        edges = {i - 1, j} if i <= j else {j}  # the intervals the window's edges cut (the same one when i > j)
+        for k in edges:
+            if 0 <= k < len(at) - 1:
+                least, most = self._interval_part(k, first, last)
+                low, high = low + least, high + most
         figure.credits, figure.credits_max = low, high if bounded else None
         return figure
 
@@ -169,6 +180,11 @@ class Ledger:
 
     def readings_in(self, start: int, end: int) -> int:
         return bisect_left(self._reading_at, end) - bisect_left(self._reading_at, start)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as `width` column lists (empty lists when there are no rows)."""
+    return [[row[index] for row in rows] for index in range(width)]
 
 
 def to_ms(moment: datetime) -> int:
@@ -254,8 +270,7 @@ def history(ledger: Ledger, first_snapshot: int | None, end: int, days: int, gro
     and trend."""
     spans = windows(end, days, HOUR_MS if group_by == "hour" else DAY_MS)
     period_start = spans[0][0]
-    overall = ledger.spend(period_start, end)
-    totals = bucket(period_start, end, overall)
+    overall = ledger.spend(period_start, end, detail=group_by == "endpoint")
     if group_by == "endpoint":
         buckets = [
             SpendBucket(
@@ -268,13 +283,20 @@ def history(ledger: Ledger, first_snapshot: int | None, end: int, days: int, gro
                 calls_seen=overall.calls_by_endpoint[name],
                 attributed=credits,
                 unattributed=0,
-                by_endpoint=[],
+                by_endpoint={},
                 purchased_credits=0,
             )
             for name, credits in overall.by_endpoint.most_common()
         ]
     else:
-        buckets = [bucket(start, stop, ledger.spend(start, stop)) for start, stop in spans]
+        figures = [ledger.spend(start, stop) for start, stop in spans]
+        buckets = [bucket(start, stop, figure) for (start, stop), figure in zip(spans, figures, strict=True)]
+        for figure in figures:  # the buckets partition the period: its detail is theirs added up
+            overall.by_endpoint.update(figure.by_endpoint)
+            overall.calls_by_endpoint.update(figure.calls_by_endpoint)
+            overall.calls_seen += figure.calls_seen
+            overall.purchased += figure.purchased
+    totals = bucket(period_start, end, overall)
     gaps = ledger.gaps(period_start, end, int(GAP_LIMIT_HOURS * HOUR_MS))
     longest = sorted(sorted(gaps, key=lambda gap: gap[0] - gap[1])[:MAX_GAPS_SHOWN])
     coverage = HistoryCoverage(
@@ -293,19 +315,9 @@ def history(ledger: Ledger, first_snapshot: int | None, end: int, days: int, gro
 def bucket(start: int, end: int, figure: Figure) -> SpendBucket:
     """A Figure as a result bucket: the endpoints with the most credits (TOP_ENDPOINTS), then the rest as 'other'."""
     ranked = figure.by_endpoint.most_common()
-    rows = [
-        EndpointSpend(endpoint=name, credits=credits, calls=figure.calls_by_endpoint[name])
-        for name, credits in ranked[:TOP_ENDPOINTS]
-    ]
+    rows = dict(ranked[:TOP_ENDPOINTS])
     if len(ranked) > TOP_ENDPOINTS:
-        rest = [name for name, _ in ranked[TOP_ENDPOINTS:]]
-        rows.append(
-            EndpointSpend(
-                endpoint="other",
-                credits=sum(figure.by_endpoint[name] for name in rest),
-                calls=sum(figure.calls_by_endpoint[name] for name in rest),
-            )
-        )
+        rows["other"] = sum(credits for _, credits in ranked[TOP_ENDPOINTS:])
     return SpendBucket(
         start=from_ms(start),
         end=from_ms(end),

@@ -299,12 +299,6 @@ class AlertCheck(AccountResult):
     notifications: Notifications
 
 
-class EndpointSpend(BaseModel):
-    endpoint: str = Field(description="The endpoint, or 'other' for the rest after the top three.")
-    credits: int
-    calls: int
-
-
 class SpendBucket(BaseModel):
     start: datetime
     end: datetime
@@ -321,7 +315,9 @@ class SpendBucket(BaseModel):
     calls_seen: int
     attributed: int = Field(description="Credits of the calls seen in the bucket.")
     unattributed: int = Field(description="credits minus attributed: spend whose calls were never seen.")
-    by_endpoint: list[EndpointSpend] = Field(description="Seen calls per endpoint, most credits first.")
+    by_endpoint: dict[str, int] = Field(
+        description="Credits of the seen calls per endpoint: the three with the most, then 'other' for the rest."
+    )
     purchased_credits: int = Field(description="Credits bought in the bucket (purchases are never negative spend).")
 
 

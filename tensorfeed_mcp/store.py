@@ -251,7 +251,7 @@ class StateStore:
             db.executemany(
                 "INSERT INTO ledger_calls (fingerprint, at, endpoint, credits, count) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (fingerprint, at, endpoint, credits) DO UPDATE SET count = max(count, excluded.count)",
-                [(fingerprint, call.at, call.endpoint, call.credits, call.count) for call in calls],
+                [(fingerprint, call.at, call.endpoint, call.credits, call.calls) for call in calls],
             )
             db.executemany(
                 "INSERT OR IGNORE INTO ledger_purchases (fingerprint, tx_hash, at, credits) VALUES (?, ?, ?, ?)",
@@ -271,28 +271,18 @@ class StateStore:
                 (fingerprint, start),
             ).fetchone()
             since = start if anchor is None else anchor
-            readings = [
-                Reading(*row)
-                for row in db.execute(
-                    "SELECT at, spent, purchased FROM ledger_readings WHERE fingerprint = ? AND at >= ? ORDER BY at",
-                    (fingerprint, since),
-                )
-            ]
-            calls = [
-                SeenCall(*row)
-                for row in db.execute(
-                    "SELECT at, endpoint, credits, count FROM ledger_calls WHERE fingerprint = ? AND at >= ? "
-                    "ORDER BY at",
-                    (fingerprint, min(since, start)),
-                )
-            ]
-            purchases = [
-                SeenPurchase(*row)
-                for row in db.execute(
-                    "SELECT at, credits FROM ledger_purchases WHERE fingerprint = ? AND at >= ? ORDER BY at",
-                    (fingerprint, start),
-                )
-            ]
+            readings = db.execute(
+                "SELECT at, spent, purchased FROM ledger_readings WHERE fingerprint = ? AND at >= ? ORDER BY at",
+                (fingerprint, since),
+            ).fetchall()
+            calls = db.execute(
+                "SELECT at, endpoint, credits, count FROM ledger_calls WHERE fingerprint = ? AND at >= ? ORDER BY at",
+                (fingerprint, min(since, start)),
+            ).fetchall()
+            purchases = db.execute(
+                "SELECT at, credits FROM ledger_purchases WHERE fingerprint = ? AND at >= ? ORDER BY at",
+                (fingerprint, start),
+            ).fetchall()
             return Ledger(readings, calls, purchases), first
 
         return self._run(load, write=False)

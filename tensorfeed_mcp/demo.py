@@ -20,9 +20,17 @@ from tensorfeed_mcp.models import (
     PaymentHistory,
     SpendCap,
     SpendCapChange,
+    SpendHistory,
 )
-from tensorfeed_mcp.report import format_alert_check, format_balance, format_spend_cap, format_usage, table
-from tensorfeed_mcp.sandbox import DEMO_TOKENS, running_sandbox
+from tensorfeed_mcp.report import (
+    format_alert_check,
+    format_balance,
+    format_history,
+    format_spend_cap,
+    format_usage,
+    table,
+)
+from tensorfeed_mcp.sandbox import DEMO_TOKENS, SandboxControl, running_sandbox
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
@@ -45,7 +53,22 @@ async def _call(client: Client, tool: str, model: type[ResultT], **arguments: An
     return model.model_validate(result.structured_content)
 
 
-async def _demo(api_url: str, state_dir: str) -> None:
+WEEK_STEPS = 7 * 12  # a snapshot every two hours for a week
+CALLS_PER_STEP = 5
+CHEAP_ENDPOINTS = [("/api/premium/routing", 1), ("/api/premium/news/search", 1), ("/api/premium/agents/directory", 5)]
+
+
+async def _week_of_history(client: Client, control: SandboxControl) -> SpendHistory:
+    """A week of generated traffic on the sandbox's clock, a snapshot every two hours, a top-up midweek."""
+    for step in range(WEEK_STEPS):
+        control.traffic("busy", CALLS_PER_STEP, 2 * 3600, endpoints=CHEAP_ENDPOINTS, seed=step)
+        if step == WEEK_STEPS // 2:
+            control.add_purchase("busy", 550, 10.0)
+        await _call(client, "check_spend_alerts", AlertCheck)  # any read of the account adds to the ledger
+    return await _call(client, "get_spend_history", SpendHistory, days=8)
+
+
+async def _demo(api_url: str, state_dir: str, control: SandboxControl) -> None:
     command, args = server_command()
     params = StdioServerParameters(
         command=command,
@@ -54,6 +77,7 @@ async def _demo(api_url: str, state_dir: str) -> None:
             "TENSORFEED_TOKEN": DEMO_TOKENS["busy"],
             "TENSORFEED_API_URL": api_url,
             "TENSORFEED_MCP_STATE_DIR": state_dir,
+            "TENSORFEED_CACHE_SECONDS": "0",  # the sandbox's clock jumps hours between reads: never reuse one
         },
     )
     print(f"Starting {' '.join([Path(command).name, *args])} over stdio against the sandbox at {api_url}\n")
@@ -85,14 +109,21 @@ async def _demo(api_url: str, state_dir: str) -> None:
         print("\n== check_spend_alerts\n" + format_alert_check(check))
 
         restored = await _call(client, "set_spend_cap", SpendCapChange, daily_cap=cap.daily_cap)
-        print(f"\nCap restored to {restored.daily_cap}. Demo done: every tool answered with typed results.")
+        print(f"\nCap restored to {restored.daily_cap}.")
+
+        print(
+            f"\n== get_spend_history: a week of generated traffic ({CALLS_PER_STEP} calls every two hours on the "
+            "sandbox's clock, a snapshot after each, a top-up midweek)"
+        )
+        print(format_history(await _week_of_history(client, control)))
+        print("\nDemo done: every tool answered with typed results.")
 
 
 def run_demo() -> int:
     """Start a sandbox, drive the server over stdio with the SDK's Client, print what it said. 0 on success."""
     with running_sandbox() as sandbox, tempfile.TemporaryDirectory(prefix="tensorfeed-demo-") as state_dir:
         try:
-            anyio.run(_demo, sandbox.api_url, state_dir)
+            anyio.run(_demo, sandbox.api_url, state_dir, sandbox.control)
         except DemoFailed as exc:
             print(f"demo: {exc}", file=sys.stderr)
             return 1

@@ -120,6 +120,7 @@ def format_history(history: SpendHistory) -> str:
             _credits(bucket),
             bucket.calls_seen,
             bucket.unattributed,
+            bucket.purchased_credits,
             "gap" if bucket.start.date() in gap_days else "-",
             bar(bucket.credits, largest),
         )
@@ -130,7 +131,7 @@ def format_history(history: SpendHistory) -> str:
     projected = "-" if trend.projected_month_end is None else f"{trend.projected_month_end:,.0f}"
     first = "-" if coverage.first_snapshot is None else _cell(coverage.first_snapshot)
     lines = [
-        table(["day (UTC)", "credits", "calls seen", "unattributed", "gap", "spend"], rows),
+        table(["day (UTC)", "credits", "calls seen", "unattributed", "bought", "gap", "spend"], rows),
         f"Total {_credits(totals)} credits. Snapshots in the period: {coverage.snapshots} (the first ever "
         f"{first}); gaps over {coverage.gap_limit_hours:g} h: {coverage.gap_count}.",
         f"Median day (last 7) {median}; month to date {trend.month_to_date:,}"

@@ -402,7 +402,7 @@ class AccountService:
             age_seconds=0.0 if balance is not None else round(max(0, self._now_ms() - end) / 1000, 3),
             token=mask_token(self._settings.require_token()),
             period_start=from_ms(parts.period_start),
-            period_end=from_ms(end - 1),
+            period_end=from_ms(end),
             group_by=group_by,
             buckets=parts.buckets,
             totals=parts.totals,

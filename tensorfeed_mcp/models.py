@@ -351,7 +351,7 @@ class SpendHistory(AccountResult):
     """Spend over time from the local ledger of snapshots: exact where snapshots allow, bounded where not."""
 
     period_start: datetime
-    period_end: datetime = Field(description="The newest snapshot, taken for this answer.")
+    period_end: datetime = Field(description="The end of the period, exclusive: just after the newest snapshot.")
     group_by: Literal["day", "hour", "endpoint"]
     buckets: list[SpendBucket] = Field(description="UTC days or hours, oldest first; or endpoints, most first.")
     totals: SpendBucket = Field(description="The whole period as one bucket.")

@@ -389,13 +389,13 @@ class AccountService:
         end = (ledger.last_reading if ledger.last_reading is not None else now) + 1
         parts = history(ledger, first, end, days, group_by)
         note = None
-        if first is None:
+        if failures:
+            note = f"No fresh snapshot ({next(iter(failures.values()))}); this is the ledger as it stands."
+        elif first is None or first == ledger.last_reading:  # its only snapshot is the one just taken
             note = (
                 "No spend history yet: it starts with this snapshot. Keep history by leaving the watcher on "
                 "(TENSORFEED_POLL_SECONDS) or by running `tensorfeed-mcp record` from cron every 10 minutes."
             )
-        elif failures:
-            note = f"No fresh snapshot ({next(iter(failures.values()))}); this is the ledger as it stands."
         balance = fetched.get("balance")
         return SpendHistory(
             as_of=from_ms(end - 1),

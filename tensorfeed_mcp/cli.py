@@ -142,6 +142,7 @@ async def _run_once(settings: Settings, command: str, args: argparse.Namespace) 
                 )
                 return EXIT_OK
             if command == "history":
+                await service.snapshot()  # unlike the tool, fail (exit 2) when the account cannot be read
                 history = await service.spend_history(args.days, "day")
                 print(history.model_dump_json(indent=2) if args.json else format_history(history))
                 return EXIT_OK

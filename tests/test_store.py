@@ -12,6 +12,7 @@ import pytest
 
 from tensorfeed_mcp.alerts import make_rule
 from tensorfeed_mcp.errors import StateStoreError
+from tensorfeed_mcp.ledger import Reading, SeenCall
 from tensorfeed_mcp.store import StateStore
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -112,3 +113,36 @@ def test_a_state_folder_that_cannot_be_created_is_reported(tmp_path: Path) -> No
     (tmp_path / "blocker").write_text("a file, not a folder")
     with pytest.raises(StateStoreError, match="Cannot create the alert state folder"):
         StateStore(tmp_path / "blocker" / "alerts.sqlite3").list_rules("fp")
+
+
+LEDGER_CALLS = [SeenCall(1_000 + 10 * i, f"/api/premium/e{i % 3}", 1 + i % 5) for i in range(200)]
+LEDGER_CALLS.append(SeenCall(5_000, "/api/premium/e0", 5, 2))  # two calls alike: two calls
+
+
+def _record_ledger(path: str, offset: int, start: Any) -> None:
+    """Record every call, each overlapping window of 25 as a usage list shows it, with a reading after each."""
+    store = StateStore(Path(path))
+    start.wait()
+    for first in range(offset, len(LEDGER_CALLS), 7):
+        listed = LEDGER_CALLS[first : first + 25]
+        reading = Reading(listed[-1].at + 1, sum(c.credits * c.calls for c in LEDGER_CALLS[: first + 25]), 9_999)
+        store.record_snapshot("fp", [reading], listed, [])
+
+
+def test_processes_recording_the_ledger_at_once_lose_nothing_and_store_nothing_twice(tmp_path: Path) -> None:
+    """Three writers (two servers and a cron `record`, say) that all see the same calls and readings."""
+    path = tmp_path / "alerts.sqlite3"
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(3)
+    workers = [context.Process(target=_record_ledger, args=(str(path), offset, start)) for offset in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    ledger, _ = StateStore(path).load_ledger("fp", 0)
+    everything = ledger.spend(0, 10_000)
+    assert everything.calls_seen == sum(call.calls for call in LEDGER_CALLS) == 202
+    assert everything.credits == everything.attributed == sum(call.credits * call.calls for call in LEDGER_CALLS)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM ledger_calls").fetchone()[0] == len(LEDGER_CALLS)

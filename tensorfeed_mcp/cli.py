@@ -137,8 +137,8 @@ async def _run_once(settings: Settings, command: str, args: argparse.Namespace) 
                 check = await service.check_alerts()  # so cron's one line also alerts (and posts to a webhook)
                 print(
                     f"Recorded a snapshot at {balance.as_of:%Y-%m-%d %H:%M:%S} UTC: balance {balance.balance:,} "
-                    f"credits, {balance.spent_lifetime:,} spent over the token's life; {check.triggered} alerts "
-                    "triggered."
+                    f"credits, {balance.spent_lifetime:,} spent over the token's life; alerts triggered: "
+                    f"{check.triggered}."
                 )
                 return EXIT_OK
             if command == "history":

@@ -494,3 +494,17 @@ def test_a_bad_webhook_setting_is_refused_at_load(
     assert len(lines) == 1 and named in lines[0], done.stderr
     assert_hidden(done.stderr)
     assert sandbox.control.upstream_requests() == before
+
+
+def test_record_posts_a_transition_once_as_check_does(
+    sandbox: RunningSandbox, receiver: Receiver, tmp_path: Path
+) -> None:
+    """`record --webhook-url` (cron's one line) evaluates the rules after its snapshot and posts the transition;
+    a check afterwards finds it already posted."""
+    env = check_env(sandbox, tmp_path, **alert_vars(sandbox, None))
+    recorded = run("record", "--webhook-url", receiver.url, env=env)
+    assert_hidden(recorded.stdout, recorded.stderr)
+    assert recorded.returncode == EXIT_OK and "alerts triggered: 1." in recorded.stdout, recorded.stdout
+    assert events(receiver.posts()) == [("triggered", RULE)]
+    checked = check(env, "--webhook-url", receiver.url)
+    assert checked.delivery is None and events(receiver.posts()) == [("triggered", RULE)]

@@ -354,7 +354,7 @@ class AccountService:
         if ledger.last_reading is None:
             return None
         end = ledger.last_reading + 1
-        today = ledger.spend(day_start(ledger.last_reading), end)
+        today = ledger.spend(day_start(ledger.last_reading), end, detail=False)
         median, _ = trailing_median(ledger, day_start(ledger.last_reading))
         return LedgerView(today_credits=today.credits, today_exact=today.exact, trailing_median=median)
 

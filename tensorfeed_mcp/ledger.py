@@ -12,12 +12,11 @@ Times are integer milliseconds since the epoch (UTC). A reading covers the calls
 
 from __future__ import annotations
 
-import statistics
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import accumulate, pairwise
 from typing import Any, Literal, NamedTuple
 
@@ -199,10 +198,6 @@ def day_start(moment: int) -> int:
     return moment - moment % DAY_MS
 
 
-def day_of(moment: int) -> date:
-    return from_ms(moment).date()
-
-
 def month_start(moment: int) -> int:
     first = from_ms(moment).date().replace(day=1)
     return to_ms(datetime(first.year, first.month, 1, tzinfo=UTC))
@@ -228,20 +223,22 @@ def trailing_median(ledger: Ledger, today_start: int) -> tuple[float | None, int
     exact = [
         figure.credits
         for figure in (
-            ledger.spend(today_start - back * DAY_MS, today_start - (back - 1) * DAY_MS)
+            ledger.spend(today_start - back * DAY_MS, today_start - (back - 1) * DAY_MS, detail=False)
             for back in range(1, TRAILING_DAYS + 1)
         )
         if figure.exact
     ]
     if len(exact) < MIN_TRAILING_DAYS:
         return None, len(exact)
+    import statistics  # deferred: a start-up need not pay for it
+
     return float(statistics.median(exact)), len(exact)
 
 
 def trend(ledger: Ledger, end: int) -> SpendTrend:
     """Trailing daily median, month to date and a projection to month end at the median's rate."""
     median, used = trailing_median(ledger, day_start(end - 1))
-    month = ledger.spend(month_start(end - 1), end)
+    month = ledger.spend(month_start(end - 1), end, detail=False)
     remaining_days = (next_month_start(end - 1) - end) / DAY_MS
     projected = None if median is None else round(month.credits + median * remaining_days, 1)
     return SpendTrend(

@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint npm bench clean
+.PHONY: demo test lint npm bench clean bundle
 
 # The venv is rebuilt when pyproject.toml changes; the stamp records which extras are in it.
 $(BIN)/python:
@@ -33,6 +33,17 @@ npm:
 
 test: lint npm
 	$(BIN)/pytest -q -n 2 --dist loadfile
+
+# The MCP Bundle, built with the official CLI (pinned; runs on Node 20): .mcpbignore says what goes in.
+MCPB_VERSION := 2.1.2
+MCPB := .cache/mcpb/$(MCPB_VERSION)/node_modules/.bin/mcpb
+
+$(MCPB): | npm
+	npm install --prefix .cache/mcpb/$(MCPB_VERSION) --no-save --no-audit --no-fund --no-update-notifier @anthropic-ai/mcpb@$(MCPB_VERSION)
+
+bundle: $(MCPB)
+	$(MCPB) validate manifest.json
+	$(MCPB) pack . tensorfeed-mcp.mcpb
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench

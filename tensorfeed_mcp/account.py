@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,11 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import httpx2
 
 from tensorfeed_mcp.alerts import AccountSnapshot, LedgerView, evaluate_rules, make_rule, spend_figures
 from tensorfeed_mcp.client import Fetched, TensorFeedClient, validate_spend_cap
-from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint, webhook_destination
+from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint
 from tensorfeed_mcp.errors import InvalidInputError, StateStoreError, UpstreamError, shown
 from tensorfeed_mcp.ledger import (
     DAY_MS,
@@ -43,7 +40,6 @@ from tensorfeed_mcp.models import (
     AlertRuleSaved,
     BalancePayload,
     EndpointUsage,
-    Notifications,
     PaymentHistory,
     Purchase,
     SpendCap,
@@ -55,7 +51,7 @@ from tensorfeed_mcp.models import (
     WebhookDelivery,
 )
 from tensorfeed_mcp.store import AlertEvent, StateStore
-from tensorfeed_mcp.webhooks import alert_message, body_for, deliver
+from tensorfeed_mcp.webhooks import alert_message, notifications, send_queued
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +258,7 @@ class AccountService:
                 snapshot.now,
                 compose if self._settings.alert_webhook_url else None,
             )
-            last_delivery = await self._send_queued(fingerprint)
+            last_delivery = await send_queued(self._store, fingerprint, self._settings)
         except StateStoreError as exc:
             state_error = state_error or str(exc)
         return AlertCheck(
@@ -277,7 +273,7 @@ class AccountService:
             burn_rate_lookback_hours=figures.burn_rate_lookback_hours,
             runway_hours=figures.runway_hours,
             state_error=state_error,
-            notifications=await self._notifications(fingerprint, last_delivery),
+            notifications=await notifications(self._store, fingerprint, self._settings, last_delivery),
         )
 
     async def _read_together(
@@ -419,54 +415,3 @@ class AccountService:
     def _ledger_start(now: int) -> int:
         """Where a ledger load must begin to cover today, the trailing week and the month so far."""
         return min(day_start(now) - TRAILING_DAYS * DAY_MS, month_start(now))
-
-    async def _send_queued(self, fingerprint: str) -> WebhookDelivery | None:
-        """Post the token's queued alert messages to the webhook, oldest first; return how the last one went.
-
-        After a failure worth retrying the rest stay queued: the receiver is likely down, and the next check
-        (of any process) tries again.
-        """
-        url = self._settings.alert_webhook_url
-        if url is None:
-            return None
-        queued = await anyio.to_thread.run_sync(self._store.claim_messages, fingerprint, time.time())
-        if not queued:
-            return None
-        last: WebhookDelivery | None = None
-        async with httpx2.AsyncClient(follow_redirects=False, trust_env=False) as http:
-            for position, (message_id, body) in enumerate(queued):
-                message = json.loads(body)
-                outcome, detail = await deliver(http, url, body_for(message, self._settings.alert_webhook_format))
-                settle = functools.partial(self._store.settle_message, message_id, done=outcome != "will_retry")
-                await anyio.to_thread.run_sync(settle)
-                last = WebhookDelivery(
-                    at=datetime.now(UTC),
-                    rule=message["alert"]["name"],
-                    event=message["event"],
-                    outcome=outcome,
-                    detail=detail,
-                )
-                if outcome != "delivered":
-                    logger.warning("Alert webhook delivery %s: %s", outcome.replace("_", " "), detail)
-                if outcome == "will_retry":
-                    for later_id, _ in queued[position + 1 :]:
-                        release = functools.partial(self._store.settle_message, later_id, done=False)
-                        await anyio.to_thread.run_sync(release)
-                    break
-        return last
-
-    async def _notifications(self, fingerprint: str, last_delivery: WebhookDelivery | None) -> Notifications:
-        url = self._settings.alert_webhook_url
-        if url is None:
-            return Notifications(configured=False, destination=None, format=None, pending=0, last_delivery=None)
-        try:
-            pending = await anyio.to_thread.run_sync(self._store.queued_messages, fingerprint)
-        except StateStoreError:
-            pending = 0  # the check already reports the state file's problem in state_error
-        return Notifications(
-            configured=True,
-            destination=webhook_destination(url),
-            format=self._settings.alert_webhook_format,
-            pending=pending,
-            last_delivery=last_delivery,
-        )

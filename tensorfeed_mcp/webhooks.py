@@ -1,16 +1,25 @@
-"""Alert transitions as webhook messages: what a message says, its body in each format, and its delivery."""
+"""Alert transitions as webhook messages: what a message says, its body in each format, and sending the queued
+ones (the state store queues them, so each transition is sent once across processes)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import functools
+import json
+import logging
+import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
 import httpx2
 
 from tensorfeed_mcp.alerts import SpendFigures
-from tensorfeed_mcp.config import WebhookFormat
-from tensorfeed_mcp.models import AlertVerdict
+from tensorfeed_mcp.config import Settings, WebhookFormat, webhook_destination
+from tensorfeed_mcp.errors import StateStoreError
+from tensorfeed_mcp.models import AlertVerdict, Notifications, WebhookDelivery
+from tensorfeed_mcp.store import StateStore
+
+logger = logging.getLogger(__name__)
 
 ATTEMPTS = 3
 ATTEMPT_TIMEOUT_SECONDS = 5.0
@@ -104,3 +113,59 @@ async def deliver(http: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> t
         if attempt < ATTEMPTS:
             await anyio.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
     return "will_retry", f"{problem} after {ATTEMPTS} attempts"
+
+
+async def send_queued(store: StateStore, fingerprint: str, settings: Settings) -> WebhookDelivery | None:
+    """Post the token's queued alert messages to the webhook, oldest first; return how the last one went.
+
+    After a failure worth retrying the rest stay queued: the receiver is likely down, and the next check (of any
+    process) tries again.
+    """
+    url = settings.alert_webhook_url
+    if url is None:
+        return None
+    queued = await anyio.to_thread.run_sync(store.claim_messages, fingerprint, time.time())
+    if not queued:
+        return None
+    last: WebhookDelivery | None = None
+    async with httpx2.AsyncClient(follow_redirects=False, trust_env=False) as http:
+        for position, (message_id, body) in enumerate(queued):
+            message = json.loads(body)
+            outcome, detail = await deliver(http, url, body_for(message, settings.alert_webhook_format))
+            await anyio.to_thread.run_sync(
+                functools.partial(store.settle_message, message_id, done=outcome != "will_retry")
+            )
+            last = WebhookDelivery(
+                at=datetime.now(UTC),
+                rule=message["alert"]["name"],
+                event=message["event"],
+                outcome=outcome,
+                detail=detail,
+            )
+            if outcome != "delivered":
+                logger.warning("Alert webhook delivery %s: %s", outcome.replace("_", " "), detail)
+            if outcome == "will_retry":
+                for later_id, _ in queued[position + 1 :]:
+                    await anyio.to_thread.run_sync(functools.partial(store.settle_message, later_id, done=False))
+                break
+    return last
+
+
+async def notifications(
+    store: StateStore, fingerprint: str, settings: Settings, last_delivery: WebhookDelivery | None
+) -> Notifications:
+    """What check_spend_alerts reports about the webhook: where, which format, what waits, how the last send went."""
+    url = settings.alert_webhook_url
+    if url is None:
+        return Notifications(configured=False, destination=None, format=None, pending=0, last_delivery=None)
+    try:
+        pending = await anyio.to_thread.run_sync(store.queued_messages, fingerprint)
+    except StateStoreError:
+        pending = 0  # the check already reports the state file's problem in state_error
+    return Notifications(
+        configured=True,
+        destination=webhook_destination(url),
+        format=settings.alert_webhook_format,
+        pending=pending,
+        last_delivery=last_delivery,
+    )

@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint npm bench clean bundle
+.PHONY: demo test lint npm chromium bench clean bundle
 
 # The venv is rebuilt when pyproject.toml changes; the stamp records which extras are in it.
 $(BIN)/python:
@@ -25,13 +25,22 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check tensorfeed_mcp tests bench
 	$(BIN)/mypy
 
-# The conformance tests run the official MCP suite, which needs npm (it fetches its own Node 22).
-npm:
-	@command -v npm >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q nodejs npm; \
-	  else echo "make test needs npm for the MCP conformance suite: run  sudo apt-get install -y nodejs npm"; exit 1; fi; }
+# What the tests need from Debian: installed with apt-get when missing and run as root, else the command is shown.
+# npm: the MCP conformance suite, Claude Code's CLI and the bundle CLI. chromium: the dashboard tests (Playwright
+# from pip brings only its driver, no browser).
+define debian_package
+	@command -v $(1) >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $(2); \
+	  else echo "make test needs $(1): run  sudo apt-get install -y $(2)"; exit 1; fi; }
+endef
 
-test: lint npm
+npm:
+	$(call debian_package,npm,nodejs npm)
+
+chromium:
+	$(call debian_package,chromium,chromium)
+
+test: lint npm chromium
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # The MCP Bundle, built with the official CLI (pinned; runs on Node 20): .mcpbignore says what goes in.

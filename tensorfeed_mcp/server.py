@@ -8,10 +8,12 @@ import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from importlib.resources import files
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar, get_args
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.apps import Apps
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
@@ -73,6 +75,7 @@ INSTRUCTIONS = (
     "spend cap or alert rules only when the user asks."
 )
 SUMMARY_URI = "tensorfeed://account/summary"
+DASHBOARD_URI = "ui://tensorfeed/dashboard"
 ALERTS_URI = "tensorfeed://account/alerts"
 
 P = ParamSpec("P")
@@ -273,6 +276,54 @@ class AccountRuntime:
         return EmptyResult()
 
 
+def account_of(ctx: Context[AccountService]) -> AccountService:
+    return ctx.request_context.lifespan_context
+
+
+def dashboard_app() -> Apps:
+    """The MCP Apps extension: get_spend_history, which hosts that render apps show with the dashboard page.
+
+    Hosts without the extension get the same complete answer and never read the page.
+    """
+    apps = Apps()
+    apps.add_html_resource(
+        DASHBOARD_URI,
+        (files("tensorfeed_mcp") / "ui" / "dashboard.html").read_text(encoding="utf-8"),
+        name="spend_dashboard",
+        title="Spend dashboard",
+        description="Balance, runway, today's spend against the cap, daily spend bars, top endpoints and alerts.",
+    )
+
+    @apps.tool(
+        resource_uri=DASHBOARD_URI,
+        title="Spend history",
+        annotations=READ_ONLY,
+        description=(
+            "Credits spent per UTC day, hour or endpoint over past days, from this machine's ledger of account "
+            "snapshots, beyond the service's 100-call memory: exact where snapshots allow, else a bound "
+            "(credits to credits_max); per-endpoint detail from the calls seen; purchases; gaps; the trailing "
+            "median day and a month-end projection."
+        ),
+    )
+    @tool_errors
+    async def get_spend_history(
+        ctx: Context[AccountService],
+        days: Annotated[
+            StrictInt,
+            Field(ge=1, le=MAX_HISTORY_DAYS),
+            explained(f"days must be a whole number from 1 to {MAX_HISTORY_DAYS} (at most {MAX_HOUR_DAYS} by hour)."),
+            Field(description="UTC days back, today included."),
+        ] = 7,
+        group_by: Annotated[
+            Literal["day", "hour", "endpoint"],
+            explained("group_by must be 'day', 'hour' (days up to 7) or 'endpoint'."),
+        ] = "day",
+    ) -> SpendHistory:
+        return await account_of(ctx).spend_history(days, group_by)
+
+    return apps
+
+
 def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     """The MCP server: every tool returns a pydantic model, so each has an output schema."""
     server = AccountServer(
@@ -284,6 +335,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         lifespan=runtime.lifespan,
         subscriptions=runtime.bus,
         log_level="WARNING",
+        extensions=[dashboard_app()],
     )
     # MCPServer has no public seam for the 2025-era resources/subscribe; its low-level server does.
     lowlevel = server._lowlevel_server
@@ -291,9 +343,6 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, runtime.unsubscribe)
     # Registering the handler is what declares the logging capability, which a server that sends logs must.
     lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, runtime.set_log_level)
-
-    def account(ctx: Context[AccountService]) -> AccountService:
-        return ctx.request_context.lifespan_context
 
     @server.tool(
         title="Account usage",
@@ -320,7 +369,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             Field(description=f"How many of the newest calls to list, 0 to {MAX_RECENT_LIMIT}."),
         ] = DEFAULT_RECENT_LIMIT,
     ) -> AccountUsage:
-        return await account(ctx).usage(endpoint, recent_limit)
+        return await account_of(ctx).usage(endpoint, recent_limit)
 
     @server.tool(
         title="Account balance",
@@ -332,7 +381,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def get_account_balance(ctx: Context[AccountService]) -> AccountBalance:
-        return await account(ctx).balance()
+        return await account_of(ctx).balance()
 
     @server.tool(
         title="Payment history",
@@ -341,33 +390,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def get_payment_history(ctx: Context[AccountService]) -> PaymentHistory:
-        return await account(ctx).history()
-
-    @server.tool(
-        title="Spend history",
-        annotations=READ_ONLY,
-        description=(
-            "Credits spent per UTC day, hour or endpoint over past days, from this machine's ledger of account "
-            "snapshots, beyond the service's 100-call memory: exact where snapshots allow, else a bound "
-            "(credits to credits_max); per-endpoint detail from the calls seen; purchases; gaps; the trailing "
-            "median day and a month-end projection."
-        ),
-    )
-    @tool_errors
-    async def get_spend_history(
-        ctx: Context[AccountService],
-        days: Annotated[
-            StrictInt,
-            Field(ge=1, le=MAX_HISTORY_DAYS),
-            explained(f"days must be a whole number from 1 to {MAX_HISTORY_DAYS} (at most {MAX_HOUR_DAYS} by hour)."),
-            Field(description="UTC days back, today included."),
-        ] = 7,
-        group_by: Annotated[
-            Literal["day", "hour", "endpoint"],
-            explained("group_by must be 'day', 'hour' (days up to 7) or 'endpoint'."),
-        ] = "day",
-    ) -> SpendHistory:
-        return await account(ctx).spend_history(days, group_by)
+        return await account_of(ctx).history()
 
     @server.tool(
         title="Daily spend cap",
@@ -380,7 +403,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def get_spend_cap(ctx: Context[AccountService]) -> SpendCap:
-        return await account(ctx).spend_cap()
+        return await account_of(ctx).spend_cap()
 
     @server.tool(
         title="Set daily spend cap",
@@ -405,7 +428,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             Field(description="Credits per UTC day."),
         ],
     ) -> SpendCapChange:
-        return await account(ctx).set_spend_cap(daily_cap)
+        return await account_of(ctx).set_spend_cap(daily_cap)
 
     @server.tool(
         title="Clear daily spend cap",
@@ -419,7 +442,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def clear_spend_cap(ctx: Context[AccountService]) -> SpendCapChange:
-        return await account(ctx).clear_spend_cap()
+        return await account_of(ctx).clear_spend_cap()
 
     @server.tool(
         title="Set spend alert",
@@ -452,7 +475,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             Field(description="Defaults to the kind."),
         ] = None,
     ) -> AlertRuleSaved:
-        return await account(ctx).set_alert(kind, threshold, name)
+        return await account_of(ctx).set_alert(kind, threshold, name)
 
     @server.tool(
         title="Delete spend alert",
@@ -471,7 +494,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
             Field(description="The rule's name."),
         ],
     ) -> AlertRuleDeleted:
-        return await account(ctx).delete_alert(name)
+        return await account_of(ctx).delete_alert(name)
 
     @server.tool(
         title="Check spend alerts",
@@ -484,7 +507,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def check_spend_alerts(ctx: Context[AccountService]) -> AlertCheck:
-        check = await account(ctx).check_alerts()
+        check = await account_of(ctx).check_alerts()
         await runtime.observe(check)
         for alert in check.alerts:
             if alert.status == "triggered":

@@ -67,12 +67,14 @@ def unpacked(make_output: str, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_make_bundle_validates_and_packs_only_what_the_server_needs(make_output: str, unpacked: Path) -> None:
     """The CLI validated the manifest; the bundle holds the manifest, a 512x512 PNG icon and the package's sources
-    (every module of the repository's package, no caches), and no tests, venvs, caches or VCS data."""
+    (every module and page of the repository's package, no caches), and no tests, venvs, caches or VCS data."""
     assert "Manifest schema validation passes!" in make_output
     assert {path.name for path in unpacked.iterdir()} == BUNDLED
     assert json.loads((unpacked / "manifest.json").read_text()) == repo_manifest()
     bundled = sorted(path.relative_to(unpacked) for path in (unpacked / "tensorfeed_mcp").rglob("*") if path.is_file())
-    sources = sorted(path.relative_to(REPO) for path in (REPO / "tensorfeed_mcp").rglob("*.py"))
+    sources = sorted(
+        path.relative_to(REPO) for pattern in ("*.py", "*.html") for path in (REPO / "tensorfeed_mcp").rglob(pattern)
+    )
     assert bundled == sources
     icon = (unpacked / repo_manifest()["icon"]).read_bytes()
     assert icon[:8] == b"\x89PNG\r\n\x1a\n" and icon[12:16] == b"IHDR"

@@ -120,11 +120,13 @@ def test_sdist_and_wheel_pass_twine_check(dists: Dists) -> None:
 
 
 def test_wheel_holds_every_module_the_license_and_the_console_script(dists: Dists) -> None:
-    """The wheel holds exactly the package's tracked modules (the sandbox's too), LICENSE, and the entry point."""
+    """The wheel holds exactly the package's tracked modules and pages (the sandbox's modules and the dashboard
+    too), LICENSE, and the entry point."""
     with zipfile.ZipFile(dists.wheel) as wheel:
-        modules = {name for name in wheel.namelist() if name.endswith(".py")}
-    assert modules == {name for name in dists.tracked if name.startswith("tensorfeed_mcp/") and name.endswith(".py")}
-    assert "tensorfeed_mcp/sandbox/__init__.py" in modules
+        packaged = {name for name in wheel.namelist() if name.endswith((".py", ".html"))}
+    tracked = {name for name in dists.tracked if name.startswith("tensorfeed_mcp/") and name.endswith((".py", ".html"))}
+    assert packaged == tracked
+    assert {"tensorfeed_mcp/sandbox/__init__.py", "tensorfeed_mcp/ui/dashboard.html"} <= packaged
     assert dists.wheel_file("licenses/LICENSE") == (ROOT / "LICENSE").read_bytes()
     entry_points = configparser.ConfigParser()
     entry_points.read_string(dists.wheel_file("entry_points.txt").decode())

@@ -198,7 +198,7 @@ async def test_summary_resource_gives_the_headline(sandbox: RunningSandbox, tmp_
     async with in_memory(settings_for(sandbox, tmp_path), mode) as client:
         listed = {str(resource.uri) for resource in (await client.list_resources()).resources}
         contents = (await client.read_resource("tensorfeed://account/summary")).contents
-    assert listed == {"tensorfeed://account/summary", "tensorfeed://account/alerts"}
+    assert listed == {"tensorfeed://account/summary", "tensorfeed://account/alerts", "ui://tensorfeed/dashboard"}
     assert isinstance(contents[0], TextResourceContents) and contents[0].mime_type == "application/json"
     record(contents[0].text)
     summary: dict[str, Any] = json.loads(contents[0].text)

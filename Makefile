@@ -54,7 +54,7 @@ bundle: $(MCPB)
 	$(MCPB) validate manifest.json
 	$(MCPB) pack . tensorfeed-mcp.mcpb
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test chromium  # the dashboard's render time needs Playwright and Chromium
 	$(BIN)/python -m bench
 
 clean:

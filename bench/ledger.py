@@ -1,4 +1,5 @@
-"""The ledger at scale: a year of a busy account in the state file, then get_spend_history over stdio."""
+"""The ledger at scale: a year of a busy account in the state file, then get_spend_history over stdio and the
+dashboard drawing its 90 days."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.dashboard import dashboard_render
 from bench.processes import TOKEN, Sandbox, server_env, stdio_server
 from tensorfeed_mcp.config import token_fingerprint
 from tensorfeed_mcp.ledger import DAY_MS, Reading, SeenCall, to_ms
@@ -65,10 +67,12 @@ async def ledger_at_scale(sb: Sandbox, state_dir: Path) -> dict[str, Any]:
         for days in (7, 30, 90):
             answer = await client.call_tool("get_spend_history", {"days": days})
             sizes[days] = len(json.dumps(answer.structured_content, separators=(",", ":"), ensure_ascii=False).encode())
+        dashboard = await dashboard_render(client)
     return {
         **filled,
         "file_mib": file_bytes / 2**20,
         "history_90_days_p50_ms": 1000 * statistics.median(samples),
         "history_runs": HISTORY_RUNS,
         "answer_bytes_by_days": sizes,
+        "dashboard": dashboard,
     }

@@ -12,6 +12,7 @@ TARGETS = {
     "memory_growth_mb": 5.0,
     "history_90_days_p50_ms": 50.0,
     "history_30_days_bytes": 3000,
+    "dashboard_render_ms": 100.0,
 }
 
 
@@ -193,7 +194,7 @@ def context_section(context: dict[str, Any]) -> list[str]:
 
 def ledger_section(ledger: dict[str, Any]) -> list[str]:
     """The ledger at scale: file size, get_spend_history latency and answer sizes, beside their targets."""
-    latency, sizes = ledger["history_90_days_p50_ms"], ledger["answer_bytes_by_days"]
+    latency, sizes, render = ledger["history_90_days_p50_ms"], ledger["answer_bytes_by_days"], ledger["dashboard"]
     thirty = sizes["30"] if "30" in sizes else sizes[30]
     return [
         "## Spend ledger at scale",
@@ -203,7 +204,8 @@ def ledger_section(ledger: dict[str, Any]) -> list[str]:
         f"{ledger['history_runs']} times, with the upstream reads served from the cache (TENSORFEED_CACHE_SECONDS "
         "3600, after one warm-up call), so the figure is the ledger's own cost: loading the days it needs from "
         "SQLite, working out every bucket, and the MCP round trip. Answer sizes are compact JSON of "
-        "structuredContent.",
+        "structuredContent. The dashboard's figure is its own measure (performance.now() around drawing) when the "
+        "tests' host page hands it that 90-day answer in Debian's Chromium.",
         "",
         "| measure | figure | target | |",
         "|---|---|---|---|",
@@ -212,5 +214,8 @@ def ledger_section(ledger: dict[str, Any]) -> list[str]:
         f"{verdict(latency <= TARGETS['history_90_days_p50_ms'])} |",
         f"| answer, 30 days by day | {thirty:,} B | ≤ {TARGETS['history_30_days_bytes']:,} B | "
         f"{verdict(thirty <= TARGETS['history_30_days_bytes'])} |",
+        f"| dashboard drawing those 90 days in headless Chromium, p50 of {render['runs']} | "
+        f"{render['render_p50_ms']:.1f} ms | ≤ {TARGETS['dashboard_render_ms']:g} ms | "
+        f"{verdict(render['render_p50_ms'] <= TARGETS['dashboard_render_ms'])} |",
         *(f"| answer, {days} days by day | {size:,} B | | |" for days, size in sizes.items() if str(days) != "30"),
     ]

@@ -39,41 +39,9 @@ STEPS, GAP_STEP, GAP_HOURS, GAP_CALLS = 40, 4, 16, 60
 """A snapshot every two hours, except one 16-hour stretch across a UTC midnight whose 60 calls outrun the 25 the
 service lists: the days it crosses become bounds and the stretch a snapshot gap."""
 
-HOST_PAGE = """<!doctype html><html><head><title>test host</title></head><body style="margin:0">
-<iframe id="app" sandbox="allow-scripts" style="border:0;width:760px;height:600px"></iframe>
-<script>
-const frame = document.getElementById("app");
-window.hostLog = [];
-window.startApp = (html, toolResult, toolInput, theme) => {
-  const reply = (id, body) => frame.contentWindow.postMessage({jsonrpc: "2.0", id, ...body}, "*");
-  const notify = (method, params) => frame.contentWindow.postMessage({jsonrpc: "2.0", method, params}, "*");
-  window.hostNotify = notify;
-  window.addEventListener("message", async (event) => {
-    if (event.source !== frame.contentWindow) return;
-    const message = event.data;
-    window.hostLog.push({method: message.method, params: message.params});
-    if (message.method === "ui/initialize") {
-      reply(message.id, {result: {
-        protocolVersion: "2026-01-26",
-        hostInfo: {name: "tensorfeed-test-host", version: "1"},
-        hostCapabilities: {serverTools: {}},
-        hostContext: {theme, displayMode: "inline", containerDimensions: {width: 760, maxHeight: 4000}},
-      }});
-    } else if (message.method === "ui/notifications/initialized") {
-      notify("ui/notifications/tool-input", {arguments: toolInput});
-      notify("ui/notifications/tool-result", toolResult);
-    } else if (message.method === "ui/notifications/size-changed") {
-      frame.style.height = message.params.height + "px";
-    } else if (message.method === "tools/call") {
-      const answer = await window.mcpCall(message.params.name, message.params.arguments);
-      reply(message.id, answer.error ? {error: answer.error} : {result: answer.result});
-    } else if (message.id !== undefined) {
-      reply(message.id, {error: {code: -32601, message: "not supported by the test host"}});
-    }
-  });
-  frame.srcdoc = html;
-};
-</script></body></html>"""
+HOST_PAGE = (Path(__file__).parent / "app_host.html").read_text()
+"""The host's side of the MCP Apps bridge, shared with the benchmark (bench/dashboard.py); the embedding page
+supplies window.mcpCall to answer the app's tools/call."""
 
 
 def as_sent(result: Any) -> dict[str, Any]:
@@ -212,11 +180,6 @@ def assert_no_request_left(host: Host) -> None:
     assert not strays, strays
 
 
-async def render_milliseconds(host: Host) -> float:
-    """The page's own measure of its last render (performance.now() around it): the benchmark's figure."""
-    return float(await host.app.locator("body").get_attribute("data-render-ms") or "nan")
-
-
 async def test_dashboard_shows_the_tools_numbers(fresh_sandbox: RunningSandbox, tmp_path: Path) -> None:
     """Balance, runway, cap, alerts, daily bars with bounds and gaps, top endpoints: all the tools' own figures."""
     async with dashboard(fresh_sandbox, tmp_path) as host:
@@ -277,10 +240,6 @@ async def test_day_buttons_call_the_tool_through_the_host_and_redraw(
             await expect(app.get_by_role("button", name=f"{days} days")).to_have_attribute("aria-pressed", "true")
             assert host.calls[-1] == ("get_spend_history", {"days": days})
             assert await table_rows(app) == expected_rows(host.answers["get_spend_history"])
-            if days == 90:
-                milliseconds = await render_milliseconds(host)
-                assert milliseconds >= 0  # measured, not judged here: the benchmark reports it
-                print(f"dashboard render of 90 days: {milliseconds:.2f} ms")
         sent = [entry for entry in await host.page.evaluate("window.hostLog") if entry["method"] == "tools/call"]
         assert [entry["params"]["arguments"] for entry in sent if entry["params"]["name"] == "get_spend_history"] == [
             {"days": 30},

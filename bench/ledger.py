@@ -13,20 +13,18 @@ from bench.dashboard import dashboard_render
 from bench.processes import TOKEN, Sandbox, server_env, stdio_server
 from tensorfeed_mcp.config import token_fingerprint
 from tensorfeed_mcp.ledger import DAY_MS, Reading, SeenCall, to_ms
+from tensorfeed_mcp.sandbox.traffic import DEFAULT_ENDPOINTS, DEFAULT_WEIGHTS
 from tensorfeed_mcp.store import StateStore
 
 YEAR_CALLS = 100_000
 SNAPSHOT_MS = 10 * 60_000
 HISTORY_RUNS = 30
-TIERS = [("/api/premium/routing", 1), ("/api/premium/news/search", 1), ("/api/premium/agents/directory", 5)]
-TIERS += [("/api/premium/whats-new", 10), ("/api/premium/monitor/bulk", 50)]
-WEIGHTS = [40, 30, 15, 10, 5]  # calls out of 100, as the sandbox's generated traffic
 
 
 def fill_year(store: StateStore, end: int, lifetime_spent: int) -> dict[str, int]:
     """A year up to `end` of YEAR_CALLS calls, every one seen, and a reading every 10 minutes, written a day per
     transaction; the spend is laid out so that the last reading meets the account's real lifetime spend."""
-    pattern = [tier for tier, weight in zip(TIERS, WEIGHTS, strict=True) for _ in range(weight)]
+    pattern = [tier for tier, weight in zip(DEFAULT_ENDPOINTS, DEFAULT_WEIGHTS, strict=True) for _ in range(weight)]
     start = end - 365 * DAY_MS
     calls = [
         SeenCall(start + (index + 1) * (end - start) // YEAR_CALLS, *pattern[index % len(pattern)])

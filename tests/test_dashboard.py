@@ -20,6 +20,7 @@ from mcp import Client
 from mcp.client.stdio import stdio_client
 from playwright.async_api import ConsoleMessage, FrameLocator, Page, async_playwright, expect
 
+from tensorfeed_mcp.demo import CHEAP_ENDPOINTS
 from tensorfeed_mcp.sandbox import RunningSandbox
 
 pytestmark = pytest.mark.anyio
@@ -34,7 +35,6 @@ MCP_APP_MIME = "text/html;profile=mcp-app"
 HOST_URL = "https://host.invalid/"
 """The test host page, served from memory by a route: the only request the page may make."""
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "dashboard.png"
-CHEAP_ENDPOINTS = [("/api/premium/routing", 1), ("/api/premium/news/search", 1), ("/api/premium/agents/directory", 5)]
 STEPS, GAP_STEP, GAP_HOURS, GAP_CALLS = 40, 4, 16, 60
 """A snapshot every two hours, except one 16-hour stretch across a UTC midnight whose 60 calls outrun the 25 the
 service lists: the days it crosses become bounds and the stretch a snapshot gap."""

@@ -34,7 +34,8 @@ DASHBOARD_URI = "ui://tensorfeed/dashboard"
 MCP_APP_MIME = "text/html;profile=mcp-app"
 HOST_URL = "https://host.invalid/"
 """The test host page, served from memory by a route: the only request the page may make."""
-SCREENSHOT = Path(__file__).parent.parent / "docs" / "dashboard.png"
+SCREENSHOT = Path(__file__).parent.parent / ".cache" / "dashboard.png"
+"""Where each run saves what it saw (ignored by git: its dates change every run); docs/dashboard.png is one of these."""
 STEPS, GAP_STEP, GAP_HOURS, GAP_CALLS = 40, 4, 16, 60
 """A snapshot every two hours, except one 16-hour stretch across a UTC midnight whose 60 calls outrun the 25 the
 service lists: the days it crosses become bounds and the stretch a snapshot gap."""
@@ -218,7 +219,7 @@ async def test_dashboard_shows_the_tools_numbers(fresh_sandbox: RunningSandbox, 
         assert await app.locator("#days caption").count() == 1
 
         await expect(app.locator(":root")).to_have_attribute("data-theme", "light")
-        SCREENSHOT.parent.mkdir(exist_ok=True)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         await host.page.locator("#app").screenshot(path=SCREENSHOT)
         assert host.console_errors == []
         assert_no_request_left(host)

@@ -8,12 +8,9 @@ scenario the suite lists is either run here and must pass, or is in NOT_APPLICAB
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import shutil
 import subprocess
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import record, settings_for
+from pinned_npm import install_pinned, run_or_fail
 from test_http import Served, serving
 
 from tensorfeed_mcp.sandbox import RunningSandbox
@@ -34,7 +32,6 @@ PACKAGE_JSON = {
     "dependencies": {"@modelcontextprotocol/conformance": SUITE_VERSION, "node": NODE_VERSION},
     "allowScripts": {f"node@{NODE_VERSION}": True},  # its preinstall fetches the platform's binary; newer npm asks
 }
-INSTALL_SECONDS = 600
 NODE_SECONDS = 60
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -113,13 +110,7 @@ class Suite:
     def run(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run the suite's CLI with the pinned Node (its shebang would pick the system's); fail on a time-out."""
         command = [str(self.node), str(self.package / "dist" / "index.js"), *args]
-        try:
-            done = subprocess.run(
-                command, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=NODE_SECONDS
-            )
-        except subprocess.TimeoutExpired as exc:
-            output = _text(exc.stdout) + _text(exc.stderr)
-            pytest.fail(f"conformance {' '.join(args)} took over {NODE_SECONDS} s:\n{output}", pytrace=False)
+        done = run_or_fail(command, cwd=cwd, timeout=NODE_SECONDS)
         record(done.stdout + done.stderr)
         return done
 
@@ -137,52 +128,15 @@ class Suite:
         return None
 
 
-def _text(output: str | bytes | None) -> str:
-    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
-
-
-def install(folder: Path) -> Suite:
-    """Reuse a working install in `folder`, else npm-install the pinned versions beside it and move them in."""
-    suite = Suite(folder)
-    if suite.problem() is None:
-        return suite
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail(
-            "The MCP conformance suite needs npm, which is not on PATH: install Node.js and npm "
-            "(e.g. apt-get install nodejs npm), then run the tests again.",
-            pytrace=False,
-        )
-    shutil.rmtree(folder, ignore_errors=True)  # a broken or partial earlier install
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=folder.parent))
-    staging.chmod(0o755)
-    try:
-        (staging / "package.json").write_text(json.dumps(PACKAGE_JSON, indent=2) + "\n")
-        command = [npm, "install", "--no-audit", "--no-fund", "--no-update-notifier"]
-        try:
-            done = subprocess.run(
-                command, cwd=staging, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=INSTALL_SECONDS
-            )
-        except subprocess.TimeoutExpired as exc:
-            output = _text(exc.stdout) + _text(exc.stderr)
-            pytest.fail(f"npm install took over {INSTALL_SECONDS} s:\n{output}", pytrace=False)
-        problem = Suite(staging).problem()
-        if done.returncode != 0 or problem is not None:
-            output = done.stdout + done.stderr
-            pytest.fail(f"{' '.join(command)} failed (exit {done.returncode}; {problem}):\n{output}", pytrace=False)
-        with contextlib.suppress(OSError):  # another test run may have installed it meanwhile
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    assert suite.problem() is None, suite.problem()
-    return suite
+def problem_of(folder: Path) -> str | None:
+    return Suite(folder).problem()
 
 
 @pytest.fixture(scope="session")
 def suite() -> Suite:
     """The pinned suite and Node 22, installed into .cache/conformance/ on first use."""
-    return install(INSTALL_DIR)
+    install_pinned(INSTALL_DIR, PACKAGE_JSON, problem_of)
+    return Suite(INSTALL_DIR)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,10 @@ over stdio and over HTTP with the bearer header. The CLI is a native binary: Nod
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import tempfile
 import tomllib
 from collections.abc import Iterator
@@ -29,6 +26,7 @@ from conftest import TOOL_NAMES, Caller, console_script, read_recorded, record, 
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from pinned_npm import install_pinned, run_or_fail
 from test_http import Served, serving
 
 from tensorfeed_mcp.cli import _parser
@@ -56,8 +54,8 @@ SERVE_URL = f"http://{_SERVE_ARGS.host}:{_SERVE_ARGS.port}/mcp"
 
 CLAUDE_CODE_VERSION = "2.1.332"
 CLAUDE_CODE_DIR = ROOT / ".cache" / "claude-code" / CLAUDE_CODE_VERSION
-CLAUDE_CODE_PACKAGE = f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}"
-INSTALL_SECONDS = 600
+CLAUDE_CODE_NAME = "@anthropic-ai/claude-code"
+CLAUDE_CODE_PACKAGE = f"{CLAUDE_CODE_NAME}@{CLAUDE_CODE_VERSION}"
 CLAUDE_SECONDS = 60
 CONNECTED = "✔ Connected"
 
@@ -282,18 +280,7 @@ class ClaudeCode:
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # no update checks or telemetry from a test
         }
         home.mkdir(parents=True, exist_ok=True)
-        try:
-            done = subprocess.run(
-                [str(self.binary), *args],
-                cwd=home,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=CLAUDE_SECONDS,
-            )
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"claude {' '.join(args[:3])} took over {CLAUDE_SECONDS} s: {exc.stdout!r} {exc.stderr!r}")
+        done = run_or_fail([str(self.binary), *args], cwd=home, env=env, timeout=CLAUDE_SECONDS)
         output = done.stdout + done.stderr
         record(output)
         assert done.returncode == 0, f"claude {' '.join(args[:3])} exited {done.returncode}:\n{output}"
@@ -308,39 +295,21 @@ class ClaudeCode:
                 return None
 
 
-def install_claude_code(folder: Path) -> ClaudeCode:
-    """Reuse the pinned CLI in `folder`, else npm-install it into a staging folder beside it and move that in."""
-    claude = ClaudeCode(folder)
-    if claude.version() == CLAUDE_CODE_VERSION:
-        return claude
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail("Claude Code's CLI is installed with npm, which is not on PATH: install Node.js and npm.")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=folder.parent))
-    try:
-        # Its postinstall puts the platform's native binary in place; newer npm runs it only when allowed.
-        package = {"private": True, "allowScripts": {CLAUDE_CODE_PACKAGE: True}}
-        (staging / "package.json").write_text(json.dumps(package))
-        command = [npm, "install", "--no-audit", "--no-fund", "--no-update-notifier", CLAUDE_CODE_PACKAGE]
-        done = subprocess.run(
-            command, cwd=staging, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=INSTALL_SECONDS
-        )
-        staged = ClaudeCode(staging).version()
-        if staged != CLAUDE_CODE_VERSION:
-            pytest.fail(f"{' '.join(command)} exited {done.returncode}, got {staged}:\n{done.stdout}{done.stderr}")
-        with contextlib.suppress(OSError):  # another test run may have installed it meanwhile
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    assert claude.version() == CLAUDE_CODE_VERSION
-    return claude
+def claude_code_problem(folder: Path) -> str | None:
+    version = ClaudeCode(folder).version()
+    return None if version == CLAUDE_CODE_VERSION else f"{folder} holds Claude Code {version}"
 
 
 @pytest.fixture(scope="module")
 def claude() -> ClaudeCode:
-    return install_claude_code(CLAUDE_CODE_DIR)
+    # Its postinstall puts the platform's native binary in place; newer npm runs it only when allowed.
+    package = {
+        "private": True,
+        "dependencies": {CLAUDE_CODE_NAME: CLAUDE_CODE_VERSION},
+        "allowScripts": {CLAUDE_CODE_PACKAGE: True},
+    }
+    install_pinned(CLAUDE_CODE_DIR, package, claude_code_problem)
+    return ClaudeCode(CLAUDE_CODE_DIR)
 
 
 def substituted(words: list[str], replacements: dict[str, str]) -> list[str]:

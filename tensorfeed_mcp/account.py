@@ -237,7 +237,7 @@ class AccountService:
             balance=fetched["balance"].data.balance if "balance" in fetched else None,
             usage=fetched["usage"].data if "usage" in fetched else None,
             spend_cap=fetched["spend_cap"].data if "spend_cap" in fetched else None,
-            ledger=await self._ledger_view(fingerprint),
+            ledger=await self._ledger_view(fingerprint, now),
         )
         figures = spend_figures(snapshot)
         verdicts = {verdict.name: verdict for verdict in evaluate_rules(rules, snapshot, figures)}
@@ -339,12 +339,11 @@ class AccountService:
         except StateStoreError as exc:
             logger.warning("Could not add to the spend ledger: %s", exc)
 
-    async def _ledger_view(self, fingerprint: str) -> LedgerView | None:
+    async def _ledger_view(self, fingerprint: str, now: datetime) -> LedgerView | None:
         """Today's spend and the trailing median from the ledger, for the alert rules; None without a ledger."""
+        week_before = day_start(to_ms(now)) - TRAILING_DAYS * DAY_MS
         try:
-            ledger, _ = await anyio.to_thread.run_sync(
-                self._store.load_ledger, fingerprint, self._ledger_start(self._now_ms())
-            )
+            ledger, _ = await anyio.to_thread.run_sync(self._store.load_ledger, fingerprint, week_before)
         except StateStoreError:
             return None
         if ledger.last_reading is None:
@@ -354,29 +353,34 @@ class AccountService:
         median, _ = trailing_median(ledger, day_start(ledger.last_reading))
         return LedgerView(today_credits=today.credits, today_exact=today.exact, trailing_median=median)
 
-    async def snapshot(self) -> AccountBalance:
-        """Read balance, usage and purchases together and add them to the ledger (what `record` does)."""
+    async def _take_snapshot(self) -> tuple[dict[str, Fetched[Any]], dict[str, UpstreamError]]:
+        """Read balance, usage and purchases together and add what came to the ledger; what failed, and how."""
         fetched, failures = await self._read_together(
             balance=self._client.balance, usage=self._client.usage, history=self._client.history
         )
+        await self._record(fetched)
+        return fetched, failures
+
+    async def snapshot(self) -> AccountBalance:
+        """One snapshot for the ledger (what `record` does); an UpstreamError when any part cannot be read."""
+        fetched, failures = await self._take_snapshot()
         if failures:
             raise next(iter(failures.values()))
-        await self._record(fetched)
         return self._balance_result(fetched["balance"])
 
-    async def spend_history(self, days: int, group_by: GroupBy) -> SpendHistory:
+    async def spend_history(self, days: int, group_by: GroupBy, *, fresh: bool = False) -> SpendHistory:
         """Spend per UTC day, hour or endpoint over the last `days` days, from a fresh snapshot and the ledger.
 
-        When the service cannot be read, the ledger still answers as it stands, and the note says so.
+        When the service cannot be read, the ledger still answers as it stands and the note says so, unless
+        `fresh` asks for an UpstreamError instead.
         """
         if not 1 <= days <= MAX_HISTORY_DAYS or (group_by == "hour" and days > MAX_HOUR_DAYS):
             raise InvalidInputError(
                 f"days must be from 1 to {MAX_HISTORY_DAYS} (at most {MAX_HOUR_DAYS} with group_by 'hour')."
             )
-        fetched, failures = await self._read_together(
-            balance=self._client.balance, usage=self._client.usage, history=self._client.history
-        )
-        await self._record(fetched)
+        fetched, failures = await self._take_snapshot()
+        if failures and fresh:
+            raise next(iter(failures.values()))
         fingerprint = self._fingerprint()
         now = max((to_ms(value.as_of) for value in fetched.values()), default=self._now_ms())
         ledger, first = await anyio.to_thread.run_sync(

@@ -142,8 +142,8 @@ async def _run_once(settings: Settings, command: str, args: argparse.Namespace) 
                 )
                 return EXIT_OK
             if command == "history":
-                await service.snapshot()  # unlike the tool, fail (exit 2) when the account cannot be read
-                history = await service.spend_history(args.days, "day")
+                # Unlike the tool, fail (exit 2) when the account cannot be read: cron should hear of it.
+                history = await service.spend_history(args.days, "day", fresh=True)
                 print(history.model_dump_json(indent=2) if args.json else format_history(history))
                 return EXIT_OK
             check = await service.check_alerts()

@@ -17,7 +17,7 @@ import httpx2
 import pytest
 from conftest import move_to_midday
 
-from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, SandboxControl, running_sandbox
+from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, SandboxControl, running_sandbox, sandbox_token
 
 READS = ["payment/balance", "payment/usage", "payment/history", "payment/spend-cap"]
 MiB = 1024 * 1024
@@ -37,7 +37,7 @@ def api(fresh_sandbox: RunningSandbox) -> Iterator[httpx2.Client]:
 
 
 def bearer(account: str = "busy") -> dict[str, str]:
-    return {"Authorization": f"Bearer {DEMO_TOKENS[account]}"}
+    return {"Authorization": f"Bearer {sandbox_token(account)}"}
 
 
 def error_of(response: httpx2.Response) -> tuple[int, str]:
@@ -579,3 +579,101 @@ def test_traffic_for_no_such_account_or_a_body_not_json_is_refused(sandbox: Runn
     with pytest.raises(httpx2.HTTPStatusError) as refused:
         sandbox.control.traffic("new", 0, 60)
     assert refused.value.response.status_code == 400
+
+
+# Accounts on demand: the hosted mode's tenants, each with the token its name derives.
+
+
+def test_the_demo_tokens_are_the_sandbox_tokens_of_their_names() -> None:
+    assert {name: sandbox_token(name) for name in ("busy", "new", "low")} == DEMO_TOKENS
+    assert len({sandbox_token(f"tenant-{i}") for i in range(1000)}) == 1000
+
+
+def test_a_created_account_answers_with_its_own_values_through_the_api(
+    fresh_sandbox: RunningSandbox, api: httpx2.Client
+) -> None:
+    control = fresh_sandbox.control
+    busy_balance = control.account("busy")["balance"]
+    before = control.now()
+    described = control.create_account("tenant-7", 4321, daily_cap=250)
+    assert sandbox_token("tenant-7")[8:] not in json.dumps(described)
+    assert (described["name"], described["balance"], described["total_purchased"]) == ("tenant-7", 4321, 4321)
+    assert (described["daily_cap"], described["spent_today"], described["calls"]) == (250, 0, [])
+    assert (described["last_used"], described["revoked"]) == (None, False)
+    assert before <= parsed(described["created"]) <= control.now()
+    [purchase] = described["purchases"]
+    assert (purchase["credits_added"], purchase["amount_usd"], purchase["confirmed_at"]) == (
+        4321,
+        round(4321 / 50, 2),  # the service's base rate
+        described["created"],
+    )
+    balance = api.get("payment/balance", headers=bearer("tenant-7")).json()
+    assert (balance["balance"], balance["total_purchased"]) == (4321, 4321)
+    assert (balance["created"], balance["last_used"]) == (described["created"], None)
+    history = api.get("payment/history", headers=bearer("tenant-7")).json()
+    assert (history["purchases"], history["total_credits_added"]) == (described["purchases"], 4321)
+    usage = api.get("payment/usage", headers=bearer("tenant-7")).json()
+    assert (usage["total_calls"], usage["recent"], usage["token_balance"]) == (0, [], 4321)
+    cap = api.get("payment/spend-cap", headers=bearer("tenant-7")).json()
+    assert (cap["daily_cap"], cap["daily_spent"], cap["remaining"]) == (250, 0, 250)
+    assert control.add_calls("tenant-7", "/api/premium/whats-new", 10, count=30) == 25  # the cap stops it at 250
+    assert api.get("payment/balance", headers=bearer("tenant-7")).json()["balance"] == 4321 - 250
+    with pytest.raises(httpx2.HTTPStatusError) as taken:
+        control.create_account("tenant-7", 99)
+    assert taken.value.response.status_code == 400 and "not yet used" in taken.value.response.json()["error"]
+    assert api.get("payment/balance", headers=bearer("tenant-7")).json()["balance"] == 4321 - 250
+    assert api.get("payment/balance", headers=bearer()).json()["balance"] == busy_balance
+
+
+@pytest.mark.parametrize(
+    ("body", "accepted"),
+    [
+        ({"name": "Tenant", "balance": 10}, "1 to 40 characters of a-z, 0-9 and -"),
+        ({"name": "", "balance": 10}, "1 to 40 characters of a-z, 0-9 and -"),
+        ({"name": "a" * 41, "balance": 10}, "1 to 40 characters of a-z, 0-9 and -"),
+        ({"name": "a_b", "balance": 10}, "1 to 40 characters of a-z, 0-9 and -"),
+        ({"name": "a\nb", "balance": 10}, "1 to 40 characters of a-z, 0-9 and -"),
+        ({"name": 7, "balance": 10}, "1 to 40 characters of a-z, 0-9 and -"),
+        ({"name": "busy", "balance": 10}, "choose a name not yet used"),
+        ({"name": "t", "balance": 0}, "whole number of credits from 1 to 1000000000"),
+        ({"name": "t", "balance": -5}, "whole number of credits from 1 to 1000000000"),
+        ({"name": "t", "balance": True}, "whole number of credits from 1 to 1000000000"),
+        ({"name": "t", "balance": 2.0}, "whole number of credits from 1 to 1000000000"),
+        ({"name": "t", "balance": "10"}, "whole number of credits from 1 to 1000000000"),
+        ({"name": "t", "balance": 1_000_000_001}, "whole number of credits from 1 to 1000000000"),
+        ({"name": "t", "balance": 10, "daily_cap": 0}, "null or a whole number from 1 to 1000000"),
+        ({"name": "t", "balance": 10, "daily_cap": 1_000_001}, "null or a whole number from 1 to 1000000"),
+        ({"name": "t", "balance": 10, "daily_cap": 12.5}, "null or a whole number from 1 to 1000000"),
+        ({"name": "t"}, "missing field 'balance'"),
+        ({"balance": 10}, "missing field 'name'"),
+        ({"name": "t", "balance": 10, "token": "x"}, "unknown fields: token; send name, balance and daily_cap"),
+        (["t", 10], "send a JSON object"),
+    ],
+)
+def test_account_creation_refuses_with_what_is_accepted(sandbox: RunningSandbox, body: Any, accepted: str) -> None:
+    busy = sandbox.control.truth("busy")
+    refused = httpx2.post(sandbox.url + "/_sandbox/accounts", json=body)
+    assert refused.status_code == 400 and accepted in refused.json()["error"]
+    name = body.get("name") if isinstance(body, dict) else None
+    if isinstance(name, str) and name != "busy":
+        with httpx2.Client(base_url=sandbox.api_url + "/") as api:
+            assert error_of(api.get("payment/balance", headers=bearer(name))) == (404, "token_not_found")
+    assert sandbox.control.truth("busy") == busy
+
+
+def test_a_couple_hundred_accounts_each_open_with_their_own_token(fresh_sandbox: RunningSandbox) -> None:
+    names = [f"tenant-{i:03d}" for i in range(200)]
+    caps = {name: None if i % 2 else 100 + i for i, name in enumerate(names)}
+    for i, name in enumerate(names):
+        fresh_sandbox.control.create_account(name, 1000 + i, caps[name])
+    revoked = names[17]
+    with httpx2.Client(base_url=fresh_sandbox.api_url + "/") as api:
+        assert api.post("payment/revoke", headers=bearer(revoked)).json()["balance_at_revoke"] == 1017
+        for i, name in enumerate(names):
+            balance = api.get("payment/balance", headers=bearer(name))
+            cap = api.get("payment/spend-cap", headers=bearer(name))
+            if name == revoked:
+                assert error_of(balance) == error_of(cap) == (404, "token_not_found")
+            else:
+                assert (balance.json()["balance"], cap.json()["daily_cap"]) == (1000 + i, caps[name])
+        assert api.get("payment/balance", headers=bearer("low")).json()["balance"] == 12

@@ -2,8 +2,9 @@
 
 It follows the contract in docs of the service (balance, usage, history, spend-cap, revoke, with the same
 shapes, validation and error codes) for a few seeded accounts with fixed demo tokens. A control API under
-/_sandbox lets tests count requests, switch fault modes, move the clock, add calls or purchases, generate
-traffic over a stretch of the clock and read each account's ground truth.
+/_sandbox lets tests count requests, switch fault modes, move the clock, create accounts (whose tokens
+`sandbox_token` derives from their names), add calls or purchases, generate traffic over a stretch of the clock
+and read each account's ground truth.
 It deliberately imports nothing from the server, so it cannot share the server's mistakes.
 """
 
@@ -22,15 +23,17 @@ from starlette.routing import Route
 
 from tensorfeed_mcp.sandbox.accounts import (
     DEMO_TOKENS,
+    MAX_CAP,
     RECENT_SHOWN,
     RING_BUFFER_SIZE,
     Account,
     Call,
     PurchaseRecord,
     iso,
+    sandbox_token,
     seed_accounts,
 )
-from tensorfeed_mcp.sandbox.api import MAX_CAP, AccountApi
+from tensorfeed_mcp.sandbox.api import AccountApi
 from tensorfeed_mcp.sandbox.control import SandboxControl, control_routes
 from tensorfeed_mcp.sandbox.faults import (
     FAULT_MODES,
@@ -70,6 +73,7 @@ __all__ = [
     "build_app",
     "iso",
     "running_sandbox",
+    "sandbox_token",
     "seed_accounts",
     "serve",
 ]
@@ -136,7 +140,8 @@ def serve(host: str, port: int) -> None:
         for name, token in DEMO_TOKENS.items():
             print(f"  {name:5} {token}")
         print(
-            "Control API under /_sandbox (stats, fault, clock, accounts: traffic, truth). Ctrl-C stops it.", flush=True
+            "Control API under /_sandbox (stats, fault, clock, accounts: create, traffic, truth). Ctrl-C stops it.",
+            flush=True,
         )
         try:
             threading.Event().wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -10,16 +11,21 @@ from typing import Any, Literal
 
 RING_BUFFER_SIZE = 100
 RECENT_SHOWN = 25
+MAX_CAP = 1_000_000
+MAX_BALANCE = 1_000_000_000
+CREDITS_PER_USD = 50  # the service's base rate
+ACCOUNT_NAME = re.compile(r"[a-z0-9-]{1,40}")
 
 Refusal = Literal["no_credits", "cap"]
 """Why the service refuses a premium call: the balance cannot cover it, or it would pass the day's cap."""
 
 
-def _demo_token(name: str) -> str:
+def sandbox_token(name: str) -> str:
+    """The fixed token of the sandbox account called `name`, so a test derives it and no token crosses the wire."""
     return "tf_live_" + hashlib.sha256(f"tensorfeed-sandbox-{name}".encode()).hexdigest()
 
 
-DEMO_TOKENS: dict[str, str] = {name: _demo_token(name) for name in ("busy", "new", "low")}
+DEMO_TOKENS: dict[str, str] = {name: sandbox_token(name) for name in ("busy", "new", "low")}
 """Fixed tokens of the seeded accounts: `busy` (full ring buffer over more than one UTC day, daily cap 200),
 `new` (no calls, no cap) and `low` (12 credits left, spending fast, no cap)."""
 
@@ -96,6 +102,22 @@ class Account:
         newer = sum(1 for p in self.purchases if p.confirmed_at > confirmed_at)
         self.purchases.insert(newer, purchase)
         self.balance += credits
+
+
+def new_account(name: object, balance: object, daily_cap: object, now: datetime) -> Account:
+    """An account created at `now` with no calls and one purchase that explains its balance.
+
+    Values come from a control request as they were sent; ValueError says what is accepted.
+    """
+    if not isinstance(name, str) or not ACCOUNT_NAME.fullmatch(name):
+        raise ValueError(f"name must be 1 to 40 characters of a-z, 0-9 and -, not {name!r:.60}")
+    if type(balance) is not int or not 1 <= balance <= MAX_BALANCE:
+        raise ValueError(f"balance must be a whole number of credits from 1 to {MAX_BALANCE}, not {balance!r:.60}")
+    if daily_cap is not None and (type(daily_cap) is not int or not 1 <= daily_cap <= MAX_CAP):
+        raise ValueError(f"daily_cap must be null or a whole number from 1 to {MAX_CAP}, not {daily_cap!r:.60}")
+    account = Account(name, sandbox_token(name), balance=0, created=now, daily_cap=daily_cap)
+    account.add_purchase(balance, round(balance / CREDITS_PER_USD, 2), now)
+    return account
 
 
 def call_json(call: Call) -> dict[str, Any]:

@@ -11,10 +11,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tensorfeed_mcp.sandbox.accounts import RECENT_SHOWN, Account, call_json, iso, purchase_json
+from tensorfeed_mcp.sandbox.accounts import MAX_CAP, RECENT_SHOWN, Account, call_json, iso, purchase_json
 from tensorfeed_mcp.sandbox.state import Sandbox
-
-MAX_CAP = 1_000_000
 
 
 def _next_midnight(now: datetime) -> datetime:

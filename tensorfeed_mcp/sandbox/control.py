@@ -73,6 +73,14 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"fault": spec})
 
+    async def create_account(request: Request) -> Response:
+        spec = await _body(request)
+        unknown = set(spec) - {"name", "balance", "daily_cap"}
+        if unknown:
+            raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}; send name, balance and daily_cap")
+        sandbox.create_account(spec["name"], spec["balance"], spec.get("daily_cap"))
+        return JSONResponse(sandbox.describe(spec["name"]), status_code=201)
+
     async def account(request: Request) -> Response:
         return JSONResponse(sandbox.describe(request.path_params["name"]))
 
@@ -104,6 +112,7 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
         Route("/_sandbox/stats", stats, methods=["GET", "POST"]),
         Route("/_sandbox/clock", clock, methods=["GET", "POST"]),
         Route("/_sandbox/fault", fault, methods=["POST", "DELETE"]),
+        Route("/_sandbox/accounts", _refusing_bad_input(create_account), methods=["POST"]),
         Route("/_sandbox/accounts/{name}", _refusing_bad_input(account), methods=["GET"]),
         Route("/_sandbox/accounts/{name}/calls", _refusing_bad_input(calls), methods=["POST"]),
         Route("/_sandbox/accounts/{name}/purchases", _refusing_bad_input(purchases), methods=["POST"]),
@@ -147,6 +156,14 @@ class SandboxControl:
 
     def account(self, name: str) -> dict[str, Any]:
         return self._json("GET", f"accounts/{name}")  # type: ignore[no-any-return]
+
+    def create_account(self, name: str, balance: int, daily_cap: int | None = None) -> dict[str, Any]:
+        """Create an account with `balance` credits from one purchase and no calls, and answer its description.
+
+        Its token is `sandbox_token(name)`. A name in use or not [a-z0-9-]{1,40} raises HTTPStatusError (400).
+        """
+        body = {"name": name, "balance": balance, "daily_cap": daily_cap}
+        return self._json("POST", "accounts", body)  # type: ignore[no-any-return]
 
     def add_calls(self, name: str, endpoint: str, credits: int, count: int = 1, at: datetime | None = None) -> int:
         body = {"endpoint": endpoint, "credits": credits, "count": count, "at": iso(at) if at else None}

@@ -7,7 +7,16 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tensorfeed_mcp.sandbox.accounts import Account, Call, PurchaseRecord, call_json, iso, purchase_json, seed_accounts
+from tensorfeed_mcp.sandbox.accounts import (
+    Account,
+    Call,
+    PurchaseRecord,
+    call_json,
+    iso,
+    new_account,
+    purchase_json,
+    seed_accounts,
+)
 from tensorfeed_mcp.sandbox.faults import FAULT_MODES, Fault, check_custom
 from tensorfeed_mcp.sandbox.traffic import TrafficSpec
 
@@ -25,7 +34,10 @@ class Sandbox:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.offset = timedelta()
-        self.accounts = seed_accounts(self.now())
+        self.accounts: dict[str, Account] = {}
+        self._by_token: dict[str, Account] = {}  # every account, revoked ones too; a token is never reused
+        for account in seed_accounts(self.now()).values():
+            self._add(account)
         self.requests: Counter[str] = Counter()
         self.user_agents: Counter[str] = Counter()
         self.fault: Fault | None = None
@@ -33,8 +45,22 @@ class Sandbox:
     def now(self) -> datetime:
         return datetime.now(UTC) + self.offset
 
+    def _add(self, account: Account) -> None:
+        self.accounts[account.name] = account
+        self._by_token[account.token] = account
+
     def by_token(self, token: str) -> Account | None:
-        return next((a for a in self.accounts.values() if a.token == token and not a.revoked), None)
+        """The account `token` opens, or None when there is none or it was revoked."""
+        account = self._by_token.get(token)
+        return account if account is not None and not account.revoked else None
+
+    def create_account(self, name: object, balance: object, daily_cap: object) -> None:
+        """Add an account created now with one purchase of `balance` credits; ValueError says what is accepted."""
+        with self.lock:
+            account = new_account(name, balance, daily_cap, self.now())
+            if account.name in self.accounts:
+                raise ValueError(f"an account named {account.name!r} exists already; choose a name not yet used")
+            self._add(account)
 
     def account(self, name: str) -> Account:
         if name not in self.accounts:

@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint npm chromium bench clean bundle
+.PHONY: demo test lint npm chromium postgres bench clean bundle
 
 # The venv is rebuilt when pyproject.toml changes; the stamp records which extras are in it.
 $(BIN)/python:
@@ -40,7 +40,11 @@ npm:
 chromium:
 	$(call debian_package,chromium,chromium)
 
-test: lint npm chromium
+# postgres: the tests start their own PostgreSQL server from Debian's binaries (the system cluster is left alone).
+postgres:
+	$(call debian_package,pg_ctlcluster,postgresql)
+
+test: lint npm chromium postgres
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # The MCP Bundle, built with the official CLI (pinned; runs on Node 20): .mcpbignore says what goes in.

@@ -14,14 +14,14 @@ from bench.processes import TOKEN, Sandbox, server_env, stdio_server
 from tensorfeed_mcp.config import token_fingerprint
 from tensorfeed_mcp.ledger import DAY_MS, Reading, SeenCall, to_ms
 from tensorfeed_mcp.sandbox.traffic import DEFAULT_ENDPOINTS, DEFAULT_WEIGHTS
-from tensorfeed_mcp.store import StateStore
+from tensorfeed_mcp.store.sqlite import SqliteStore
 
 YEAR_CALLS = 100_000
 SNAPSHOT_MS = 10 * 60_000
 HISTORY_RUNS = 30
 
 
-def fill_year(store: StateStore, end: int, lifetime_spent: int) -> dict[str, int]:
+async def fill_year(store: SqliteStore, end: int, lifetime_spent: int) -> dict[str, int]:
     """A year up to `end` of YEAR_CALLS calls, every one seen, and a reading every 10 minutes, written a day per
     transaction; the spend is laid out so that the last reading meets the account's real lifetime spend."""
     pattern = [tier for tier, weight in zip(DEFAULT_ENDPOINTS, DEFAULT_WEIGHTS, strict=True) for _ in range(weight)]
@@ -41,15 +41,15 @@ def fill_year(store: StateStore, end: int, lifetime_spent: int) -> dict[str, int
                 day_calls.append(calls[next_call])
                 next_call += 1
             readings.append(Reading(moment, spent, 4800))
-        store.record_snapshot(fingerprint, readings, day_calls, [])
+        await store.record_snapshot(fingerprint, readings, day_calls, [])
     return {"calls": len(calls), "readings": (end - start) // SNAPSHOT_MS + 1}
 
 
 async def ledger_at_scale(sb: Sandbox, state_dir: Path) -> dict[str, Any]:
     """File size, get_spend_history(days=90) latency with the upstream reads cached, and answer sizes."""
-    store = StateStore(state_dir / "alerts.sqlite3")
+    store = SqliteStore(state_dir / "alerts.sqlite3")
     lifetime_spent = sb.control.account("busy")["total_purchased"] - sb.control.account("busy")["balance"]
-    filled = fill_year(store, to_ms(sb.control.now()) - 60_000, lifetime_spent)
+    filled = await fill_year(store, to_ms(sb.control.now()) - 60_000, lifetime_spent)
     file_bytes = sum(path.stat().st_size for path in state_dir.glob("alerts.sqlite3*"))
     # A long cache: after the first call every read is served from it, so the timings leave the upstream out.
     async with stdio_server(server_env(sb.api_url, state_dir, cache_seconds=3600)) as client:

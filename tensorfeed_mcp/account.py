@@ -50,7 +50,7 @@ from tensorfeed_mcp.models import (
     UsdEstimate,
     WebhookDelivery,
 )
-from tensorfeed_mcp.store import AlertEvent, StateStore
+from tensorfeed_mcp.store import AlertEvent, Store, open_store
 from tensorfeed_mcp.webhooks import alert_message, notifications, send_queued
 
 logger = logging.getLogger(__name__)
@@ -68,27 +68,20 @@ def _says_nothing_new(reading: Reading, last: Reading) -> bool:
 class AccountService:
     """One token's account: reads, the spend cap, and alert rules with their verdicts."""
 
-    def __init__(self, settings: Settings, client: TensorFeedClient) -> None:
+    def __init__(self, settings: Settings, client: TensorFeedClient, store: Store) -> None:
         self._settings = settings
         self._client = client
+        self._store = store
         self._env_rules = list(settings.env_alert_rules)
-        self._state_store: StateStore | None = None
         self._forgotten_through = -1  # the UTC day (in days since the epoch) old calls were last forgotten on
         self._last_recorded: tuple[Reading | None, frozenset[SeenCall]] = (None, frozenset())
 
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[AccountService]:
-        """An AccountService with its HTTP client, closed on exit."""
-        async with TensorFeedClient(settings) as client:
-            yield cls(settings, client)
-
-    @property
-    def _store(self) -> StateStore:
-        """Made on first use: finding the platform's state folder imports platformdirs, which start-up need not."""
-        if self._state_store is None:
-            self._state_store = StateStore(self._settings.resolved_state_dir() / "alerts.sqlite3")
-        return self._state_store
+        """An AccountService with its HTTP client and state store, closed on exit."""
+        async with TensorFeedClient(settings) as client, open_store(settings) as store:
+            yield cls(settings, client, store)
 
     def _stamp(self, fetched: Fetched[Any]) -> dict[str, Any]:
         return {
@@ -191,12 +184,12 @@ class AccountService:
 
     async def rules(self) -> list[AlertRule]:
         """Environment rules first, then the user's saved rules."""
-        saved = await anyio.to_thread.run_sync(self._store.list_rules, self._fingerprint())
+        saved = await self._store.list_rules(self._fingerprint())
         return [*self._env_rules, *saved]
 
     async def set_alert(self, kind: str, threshold: float, name: str | None) -> AlertRuleSaved:
         rule = make_rule(kind, threshold, name)
-        action, saved = await anyio.to_thread.run_sync(self._store.save_rule, self._fingerprint(), rule)
+        action, saved = await self._store.save_rule(self._fingerprint(), rule)
         return AlertRuleSaved(rule=rule, action=action, rule_count=len(self._env_rules) + saved)
 
     async def delete_alert(self, name: str) -> AlertRuleDeleted:
@@ -204,7 +197,7 @@ class AccountService:
             raise InvalidInputError(
                 f"{shown(name)} comes from the environment (TENSORFEED_ALERT_*); remove the variable to remove it."
             )
-        deleted = await anyio.to_thread.run_sync(self._store.delete_rule, self._fingerprint(), name)
+        deleted = await self._store.delete_rule(self._fingerprint(), name)
         if deleted is None:
             names = [rule.name for rule in await self.rules()]
             listed = ", ".join(shown(other) for other in names[:5])
@@ -251,8 +244,7 @@ class AccountService:
         since: dict[str, datetime | None] = {}
         last_delivery: WebhookDelivery | None = None
         try:
-            since = await anyio.to_thread.run_sync(
-                self._store.record_statuses,
+            since = await self._store.record_statuses(
                 fingerprint,
                 {name: verdict.status for name, verdict in verdicts.items()},
                 snapshot.now,
@@ -330,12 +322,12 @@ class AccountService:
         fingerprint = self._fingerprint()
         try:
             readings = [] if reading is None else [reading]
-            await anyio.to_thread.run_sync(self._store.record_snapshot, fingerprint, readings, calls, purchases)
+            await self._store.record_snapshot(fingerprint, readings, calls, purchases)
             self._last_recorded = (reading or last_reading, frozenset(calls) or last_calls)
             if reading is not None and reading.at // DAY_MS != self._forgotten_through:
                 self._forgotten_through = reading.at // DAY_MS
                 cutoff = reading.at - self._settings.ledger_call_days * DAY_MS
-                await anyio.to_thread.run_sync(self._store.forget_calls_before, fingerprint, cutoff)
+                await self._store.forget_calls_before(fingerprint, cutoff)
         except StateStoreError as exc:
             logger.warning("Could not add to the spend ledger: %s", exc)
 
@@ -343,7 +335,7 @@ class AccountService:
         """Today's spend and the trailing median from the ledger, for the alert rules; None without a ledger."""
         week_before = day_start(to_ms(now)) - TRAILING_DAYS * DAY_MS
         try:
-            ledger, _ = await anyio.to_thread.run_sync(self._store.load_ledger, fingerprint, week_before)
+            ledger, _ = await self._store.load_ledger(fingerprint, week_before)
         except StateStoreError:
             return None
         if ledger.last_reading is None:
@@ -383,8 +375,8 @@ class AccountService:
             raise next(iter(failures.values()))
         fingerprint = self._fingerprint()
         now = max((to_ms(value.as_of) for value in fetched.values()), default=self._now_ms())
-        ledger, first = await anyio.to_thread.run_sync(
-            self._store.load_ledger, fingerprint, min(self._ledger_start(now), day_start(now) - (days - 1) * DAY_MS)
+        ledger, first = await self._store.load_ledger(
+            fingerprint, min(self._ledger_start(now), day_start(now) - (days - 1) * DAY_MS)
         )
         end = (ledger.last_reading if ledger.last_reading is not None else now) + 1
         parts = history(ledger, first, end, days, group_by)

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import SplitResult, urlsplit
@@ -27,7 +27,9 @@ DEFAULT_MAX_SESSIONS = 32
 DEFAULT_SESSION_IDLE_SECONDS = 30 * 60.0
 DEFAULT_LEDGER_CALL_DAYS = 90
 MIN_LEDGER_CALL_DAYS = 7
+DEFAULT_TENANT_CALLS_PER_MINUTE = 120
 WebhookFormat = Literal["slack", "discord", "json"]
+LogFormat = Literal["text", "json"]
 WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
 
 # Environment variable -> alert kind, for rules that come from the environment.
@@ -57,6 +59,10 @@ class Settings:
     alert_webhook_url: str | None = field(default=None, repr=False)
     alert_webhook_format: WebhookFormat = "json"
     ledger_call_days: int = DEFAULT_LEDGER_CALL_DAYS
+    database_url: str | None = field(default=None, repr=False)
+    multi_tenant: bool = False
+    log_format: LogFormat = "text"
+    tenant_calls_per_minute: int = DEFAULT_TENANT_CALLS_PER_MINUTE
 
     @property
     def deadline_seconds(self) -> float:
@@ -70,6 +76,10 @@ class Settings:
         import platformdirs  # deferred: only alert tools need it
 
         return Path(platformdirs.user_state_dir("tensorfeed-mcp", appauthor=False))
+
+    def with_token(self, token: str) -> Settings:
+        """These settings for another token (a tenant's, in hosted mode)."""
+        return replace(self, token=token)
 
     def require_token(self) -> str:
         """The token, or a ConfigurationError that says how to get one right. Nothing is sent first."""
@@ -258,7 +268,50 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ledger_call_days=_count(
             env, "TENSORFEED_LEDGER_CALL_DAYS", DEFAULT_LEDGER_CALL_DAYS, minimum=MIN_LEDGER_CALL_DAYS
         ),
+        database_url=_database_url(env),
+        multi_tenant=_switch(env, "TENSORFEED_MCP_MULTI_TENANT"),
+        log_format=_choice(env, "TENSORFEED_MCP_LOG_FORMAT", ("text", "json")),  # type: ignore[arg-type]
+        tenant_calls_per_minute=_count(
+            env, "TENSORFEED_MCP_TENANT_CALLS_PER_MINUTE", DEFAULT_TENANT_CALLS_PER_MINUTE, minimum=1
+        ),
     )
+
+
+def _switch(environ: Mapping[str, str], name: str) -> bool:
+    """A yes/no variable: 1/true/yes or 0/false/no (empty is no)."""
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigurationError(f"{name}={raw[:20]!r} is not a yes or no; use 1 or 0.")
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first when empty)."""
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise ConfigurationError(f"{name}={raw[:20]!r} is not accepted; use one of: {', '.join(choices)}.")
+    return raw
+
+
+def _database_url(environ: Mapping[str, str]) -> str | None:
+    """TENSORFEED_MCP_DATABASE_URL: a postgresql:// (or postgres://) URL; its password is never shown."""
+    raw = environ.get("TENSORFEED_MCP_DATABASE_URL", "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            "TENSORFEED_MCP_DATABASE_URL is not a PostgreSQL URL; give one like "
+            "postgresql://user:password@host:5432/database (leave it empty for the local SQLite file)."
+        )
+    return raw
 
 
 def mask_token(token: str) -> str:
@@ -312,7 +365,10 @@ class SecretRedactor(logging.Filter):
 
 def redact_logs(settings: Settings) -> None:
     """Put a SecretRedactor on every handler now configured (ours, and uvicorn's once it has set up its own)."""
-    redactor = SecretRedactor([settings.token, settings.mcp_auth_token, settings.alert_webhook_url])
+    database_password = urlsplit(settings.database_url).password if settings.database_url else None
+    redactor = SecretRedactor(
+        [settings.token, settings.mcp_auth_token, settings.alert_webhook_url, settings.database_url, database_password]
+    )
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
     for logger in loggers:
         for handler in logger.handlers:

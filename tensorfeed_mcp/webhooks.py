@@ -3,7 +3,6 @@ ones (the state store queues them, so each transition is sent once across proces
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -17,7 +16,7 @@ from tensorfeed_mcp.alerts import SpendFigures
 from tensorfeed_mcp.config import Settings, WebhookFormat, webhook_destination
 from tensorfeed_mcp.errors import StateStoreError
 from tensorfeed_mcp.models import AlertVerdict, Notifications, WebhookDelivery
-from tensorfeed_mcp.store import StateStore
+from tensorfeed_mcp.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ async def deliver(http: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> t
     return "will_retry", f"{problem} after {ATTEMPTS} attempts"
 
 
-async def send_queued(store: StateStore, fingerprint: str, settings: Settings) -> WebhookDelivery | None:
+async def send_queued(store: Store, fingerprint: str, settings: Settings) -> WebhookDelivery | None:
     """Post the token's queued alert messages to the webhook, oldest first; return how the last one went.
 
     After a failure worth retrying the rest stay queued: the receiver is likely down, and the next check (of any
@@ -124,7 +123,7 @@ async def send_queued(store: StateStore, fingerprint: str, settings: Settings) -
     url = settings.alert_webhook_url
     if url is None:
         return None
-    queued = await anyio.to_thread.run_sync(store.claim_messages, fingerprint, time.time())
+    queued = await store.claim_messages(fingerprint, time.time())
     if not queued:
         return None
     last: WebhookDelivery | None = None
@@ -132,9 +131,7 @@ async def send_queued(store: StateStore, fingerprint: str, settings: Settings) -
         for position, (message_id, body) in enumerate(queued):
             message = json.loads(body)
             outcome, detail = await deliver(http, url, body_for(message, settings.alert_webhook_format))
-            await anyio.to_thread.run_sync(
-                functools.partial(store.settle_message, message_id, done=outcome != "will_retry")
-            )
+            await store.settle_message(message_id, done=outcome != "will_retry")
             last = WebhookDelivery(
                 at=datetime.now(UTC),
                 rule=message["alert"]["name"],
@@ -146,20 +143,20 @@ async def send_queued(store: StateStore, fingerprint: str, settings: Settings) -
                 logger.warning("Alert webhook delivery %s: %s", outcome.replace("_", " "), detail)
             if outcome == "will_retry":
                 for later_id, _ in queued[position + 1 :]:
-                    await anyio.to_thread.run_sync(functools.partial(store.settle_message, later_id, done=False))
+                    await store.settle_message(later_id, done=False)
                 break
     return last
 
 
 async def notifications(
-    store: StateStore, fingerprint: str, settings: Settings, last_delivery: WebhookDelivery | None
+    store: Store, fingerprint: str, settings: Settings, last_delivery: WebhookDelivery | None
 ) -> Notifications:
     """What check_spend_alerts reports about the webhook: where, which format, what waits, how the last send went."""
     url = settings.alert_webhook_url
     if url is None:
         return Notifications(configured=False, destination=None, format=None, pending=0, last_delivery=None)
     try:
-        pending = await anyio.to_thread.run_sync(store.queued_messages, fingerprint)
+        pending = await store.queued_messages(fingerprint)
     except StateStoreError:
         pending = 0  # the check already reports the state file's problem in state_error
     return Notifications(

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult
+from postgres import PostgresServer, running_postgres
 
 from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, running_sandbox
@@ -181,3 +182,17 @@ def read_recorded(path: Path) -> str:
 
 Era = Literal["legacy", "2026-07-28"]
 os.environ.pop("TENSORFEED_TOKEN", None)  # the suite must not depend on (or leak) a real token in the environment
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for this process (each xdist worker has its own), started on first use."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new empty database on the private server, dropped after the test."""
+    with postgres_server.database() as url:
+        yield url

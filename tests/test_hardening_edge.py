@@ -34,7 +34,8 @@ from tensorfeed_mcp.http_app import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS, bui
 from tensorfeed_mcp.models import MAX_UPSTREAM_TEXT, is_unsafe_char
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
 from tensorfeed_mcp.server import SUMMARY_URI, AccountRuntime, build_server
-from tensorfeed_mcp.store import MAX_SAVED_RULES, StateStore
+from tensorfeed_mcp.store import MAX_SAVED_RULES
+from tensorfeed_mcp.store.sqlite import SqliteStore
 
 pytestmark = [
     pytest.mark.anyio,
@@ -457,7 +458,7 @@ def writes_are_refused(path: Path) -> bool:
     return False
 
 
-def break_state(state_dir: Path, problem: str) -> Path:
+async def break_state(state_dir: Path, problem: str) -> Path:
     """Make the state file unusable in the way `problem` names; return the path whose bytes must survive."""
     state = state_dir / "alerts.sqlite3"
     state_dir.mkdir()
@@ -465,7 +466,7 @@ def break_state(state_dir: Path, problem: str) -> Path:
         state.write_bytes(b"not a database: the user's file all the same\n" * 64 + bytes(range(256)))
         return state
     saved = make_rule("balance_below", 1, "saved-by-user")
-    StateStore(state).save_rule(token_fingerprint(DEMO_TOKENS["busy"]), saved)
+    await SqliteStore(state).save_rule(token_fingerprint(DEMO_TOKENS["busy"]), saved)
     state.chmod(0o400)
     state_dir.chmod(0o500)
     if writes_are_refused(state):
@@ -486,7 +487,7 @@ async def test_env_rules_are_checked_when_the_state_file_is_broken(
     """With the state file corrupt or unwritable, check_spend_alerts still evaluates the environment's rules, says
     what is wrong with the file in state_error, and leaves the file's bytes as they were."""
     state_dir = tmp_path / "state"
-    kept = break_state(state_dir, problem)
+    kept = await break_state(state_dir, problem)
     before = kept.read_bytes()
     balance = sandbox.control.account("busy")["balance"]
     rules_env = {"TENSORFEED_ALERT_BALANCE_BELOW": str(balance + 1), "TENSORFEED_ALERT_DAILY_SPEND_ABOVE": "100000"}

@@ -1,148 +1,422 @@
-"""StateStore on real files: rules per token fingerprint, trigger state, concurrent processes, damaged files."""
+"""The state store on real storage: every behaviour test runs on both backends (a SQLite file and a database on a
+private PostgreSQL server), then what is particular to each: SQLite's damaged files and processes sharing one
+file; PostgreSQL's migrations, replicas writing at once, the change feed, and its error messages."""
 
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
+import psycopg
 import pytest
+from postgres import PostgresServer
 
 from tensorfeed_mcp.alerts import make_rule
-from tensorfeed_mcp.errors import StateStoreError
-from tensorfeed_mcp.ledger import Reading, SeenCall
-from tensorfeed_mcp.store import StateStore
+from tensorfeed_mcp.errors import InvalidInputError, StateStoreError
+from tensorfeed_mcp.ledger import Reading, SeenCall, SeenPurchase
+from tensorfeed_mcp.models import AlertStatus
+from tensorfeed_mcp.store import OUTBOX_LEASE_SECONDS, AlertEvent, Store
+from tensorfeed_mcp.store.postgres import SCHEMA_VERSION, PostgresStore
+from tensorfeed_mcp.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+NOTICE_SECONDS = 5.0  # the bound on a change notice's trip through PostgreSQL
+PASSWORD = "pw-that-must-not-show"
 
 
-def test_creating_a_store_touches_no_file(tmp_path: Path) -> None:
-    StateStore(tmp_path / "deep" / "alerts.sqlite3")
-    assert list(tmp_path.iterdir()) == []
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        yield SqliteStore(tmp_path / "alerts.sqlite3")
+        return
+    async with PostgresStore.open(request.getfixturevalue("database_url")) as opened:
+        yield opened
 
 
-def test_rules_are_saved_updated_deleted_and_kept_apart_per_token(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "alerts.sqlite3")
-    assert store.save_rule("fp-a", make_rule("balance_below", 100, "floor")) == ("created", 1)
-    assert store.save_rule("fp-a", make_rule("balance_below", 50, "floor")) == ("updated", 1)
-    assert store.save_rule("fp-b", make_rule("runway_below_hours", 12)) == ("created", 1)
-    assert [(r.name, r.threshold, r.source) for r in store.list_rules("fp-a")] == [("floor", 50.0, "user")]
-    assert [r.name for r in store.list_rules("fp-b")] == ["runway_below_hours"]
-    assert store.delete_rule("fp-a", "floor") == (make_rule("balance_below", 50, "floor"), 0)
-    assert store.delete_rule("fp-a", "floor") is None
-    assert store.list_rules("fp-a") == []
-    with sqlite3.connect(tmp_path / "alerts.sqlite3") as db:
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        fingerprints = {row[0] for row in db.execute("SELECT fingerprint FROM alert_rules")}
-    assert fingerprints == {"fp-b"}
+def composed(name: str, event: AlertEvent, since: datetime | None) -> str:
+    return f"{name} {event} {since.isoformat() if since else '-'}"
 
 
-def test_since_is_set_on_trigger_kept_while_triggered_and_cleared_when_ok(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "alerts.sqlite3")
-    store.save_rule("fp", make_rule("balance_below", 100, "floor"))
-    assert store.record_statuses("fp", {"floor": "ok"}, T0) == {"floor": None}
-    assert store.record_statuses("fp", {"floor": "triggered"}, T0 + timedelta(minutes=1)) == {
-        "floor": T0 + timedelta(minutes=1)
-    }
-    assert store.record_statuses("fp", {"floor": "triggered"}, T0 + timedelta(minutes=5)) == {
-        "floor": T0 + timedelta(minutes=1)
-    }
+# ---- Both backends ---------------------------------------------------------------------------------------------
+
+
+async def test_rules_are_saved_updated_deleted_and_kept_apart_per_token(store: Store) -> None:
+    assert await store.save_rule("fp-a", make_rule("balance_below", 100, "floor")) == ("created", 1)
+    assert await store.save_rule("fp-a", make_rule("balance_below", 50, "floor")) == ("updated", 1)
+    assert await store.save_rule("fp-b", make_rule("runway_below_hours", 12)) == ("created", 1)
+    assert [(r.name, r.threshold, r.source) for r in await store.list_rules("fp-a")] == [("floor", 50.0, "user")]
+    assert [r.name for r in await store.list_rules("fp-b")] == ["runway_below_hours"]
+    assert await store.delete_rule("fp-a", "floor") == (make_rule("balance_below", 50, "floor"), 0)
+    assert await store.delete_rule("fp-a", "floor") is None
+    assert await store.list_rules("fp-a") == []
+    assert await store.list_rules("fp-b") == [make_rule("runway_below_hours", 12)]
+
+
+async def test_rules_are_listed_by_name_in_code_point_order(store: Store) -> None:
+    names = ["b", "B", "a", "ä", "A-2", "a_1", "Z"]
+    for number, name in enumerate(names):
+        await store.save_rule("fp", make_rule("balance_below", 1 + number, name))
+    assert [rule.name for rule in await store.list_rules("fp")] == sorted(names)
+
+
+async def test_a_new_rule_beyond_the_limit_is_refused_but_a_saved_one_still_changes(store: Store) -> None:
+    for count, name in enumerate("ab", start=1):
+        assert await store.save_rule("fp", make_rule("balance_below", 10, name), limit=2) == ("created", count)
+    with pytest.raises(InvalidInputError, match=r"already has 2 saved alert rules, the most allowed \(2\)"):
+        await store.save_rule("fp", make_rule("balance_below", 10, "c"), limit=2)
+    assert await store.save_rule("fp", make_rule("balance_below", 20, "a"), limit=2) == ("updated", 2)
+    assert await store.save_rule("fp-other", make_rule("balance_below", 10, "c"), limit=2) == ("created", 1)
+    assert [(rule.name, rule.threshold) for rule in await store.list_rules("fp")] == [("a", 20.0), ("b", 10.0)]
+
+
+async def test_since_is_set_on_trigger_kept_while_triggered_and_cleared_when_ok(store: Store) -> None:
+    await store.save_rule("fp", make_rule("balance_below", 100, "floor"))
+    assert await store.record_statuses("fp", {"floor": "ok"}, T0) == {"floor": None}
+    minute = timedelta(minutes=1)
+    assert await store.record_statuses("fp", {"floor": "triggered"}, T0 + minute) == {"floor": T0 + minute}
+    assert await store.record_statuses("fp", {"floor": "triggered"}, T0 + 5 * minute) == {"floor": T0 + minute}
     # A failed read says nothing either way: the trigger time survives it.
-    assert store.record_statuses("fp", {"floor": "unknown"}, T0 + timedelta(minutes=6)) == {
-        "floor": T0 + timedelta(minutes=1)
-    }
-    assert store.record_statuses("fp", {"floor": "ok"}, T0 + timedelta(minutes=7)) == {"floor": None}
-    assert store.record_statuses("fp", {"floor": "triggered"}, T0 + timedelta(minutes=8)) == {
-        "floor": T0 + timedelta(minutes=8)
-    }
+    assert await store.record_statuses("fp", {"floor": "unknown"}, T0 + 6 * minute) == {"floor": T0 + minute}
+    assert await store.record_statuses("fp", {"floor": "ok"}, T0 + 7 * minute) == {"floor": None}
+    assert await store.record_statuses("fp", {"floor": "triggered"}, T0 + 8 * minute) == {"floor": T0 + 8 * minute}
 
 
-def test_changing_a_rules_threshold_forgets_its_trigger_time(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "alerts.sqlite3")
-    store.save_rule("fp", make_rule("balance_below", 100, "floor"))
-    store.record_statuses("fp", {"floor": "triggered"}, T0)
-    store.save_rule("fp", make_rule("balance_below", 100, "floor"))  # same rule: state kept
-    assert store.record_statuses("fp", {"floor": "triggered"}, T0 + timedelta(hours=1)) == {"floor": T0}
-    store.save_rule("fp", make_rule("balance_below", 200, "floor"))
+async def test_changing_a_rules_threshold_forgets_its_trigger_time(store: Store) -> None:
+    await store.save_rule("fp", make_rule("balance_below", 100, "floor"))
+    await store.record_statuses("fp", {"floor": "triggered"}, T0)
+    await store.save_rule("fp", make_rule("balance_below", 100, "floor"))  # same rule: state kept
+    assert await store.record_statuses("fp", {"floor": "triggered"}, T0 + timedelta(hours=1)) == {"floor": T0}
+    await store.save_rule("fp", make_rule("balance_below", 200, "floor"))
     later = T0 + timedelta(hours=2)
-    assert store.record_statuses("fp", {"floor": "triggered"}, later) == {"floor": later}
+    assert await store.record_statuses("fp", {"floor": "triggered"}, later) == {"floor": later}
 
 
-def _save_rules(path: str, prefix: str, start: Any) -> None:
-    store = StateStore(Path(path))
-    start.wait()
-    for i in range(25):
-        store.save_rule("fp", make_rule("balance_below", 10 + i, f"{prefix}-{i}"))
-        store.record_statuses("fp", {f"{prefix}-{i}": "triggered"}, T0)
+async def test_each_transition_queues_one_message_held_by_its_claimer_for_a_lease(store: Store) -> None:
+    minute = timedelta(minutes=1)
+    await store.record_statuses("fp", {"floor": "triggered", "cap": "ok"}, T0, composed)
+    await store.record_statuses("fp", {"floor": "triggered", "cap": "triggered"}, T0 + minute, composed)
+    await store.record_statuses("fp", {"floor": "ok", "cap": "unknown"}, T0 + 2 * minute, composed)
+    await store.record_statuses("fp", {"floor": "ok"}, T0 + 3 * minute)  # without compose nothing is queued
+    assert (await store.queued_messages("fp"), await store.queued_messages("fp-other")) == (3, 0)
+    now = 1_800_000_000.0
+    claimed = await store.claim_messages("fp", now)
+    assert [body for _, body in claimed] == [
+        f"floor triggered {T0.isoformat()}",
+        f"cap triggered {(T0 + minute).isoformat()}",
+        "floor resolved -",
+    ]
+    assert [message_id for message_id, _ in claimed] == sorted(message_id for message_id, _ in claimed)
+    assert await store.claim_messages("fp", now + 1) == []  # all held by the first claim
+    assert await store.claim_messages("fp-other", now + 1) == []
+    await store.settle_message(claimed[0][0], done=True)
+    await store.settle_message(claimed[1][0], done=False)
+    assert await store.claim_messages("fp", now + 2) == [claimed[1]]  # released; the third is still held
+    assert await store.claim_messages("fp", now + OUTBOX_LEASE_SECONDS + 1) == [claimed[2]]  # its lease ran out
+    assert await store.queued_messages("fp") == 2
 
 
-def test_processes_writing_at_once_on_a_new_file_lose_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "alerts.sqlite3"
-    context = multiprocessing.get_context("spawn")  # no fork: the test process has threads
-    start = context.Barrier(4)
-    workers = [context.Process(target=_save_rules, args=(str(path), name, start)) for name in "abcd"]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
-    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
-    assert len(StateStore(path).list_rules("fp")) == 100
+B = 1_790_000_000_000  # a time in milliseconds, beyond 32 bits as every real one is
 
 
-def test_a_file_that_is_not_a_database_is_kept_and_copied_once(tmp_path: Path) -> None:
-    path = tmp_path / "alerts.sqlite3"
-    path.write_bytes(b"\x00garbage" * 512)
-    store = StateStore(path)
-    for operation in (lambda: store.list_rules("fp"), lambda: store.save_rule("fp", make_rule("balance_below", 1))):
-        with pytest.raises(StateStoreError, match="not a readable SQLite database") as raised:
-            operation()
-        assert str(path) in str(raised.value) and "A copy is kept at" in str(raised.value)
-    assert path.read_bytes() == b"\x00garbage" * 512
-    assert len(list(tmp_path.glob("alerts.sqlite3.corrupt-*"))) == 1
+async def test_the_ledger_stores_a_call_once_keeps_the_most_seen_and_loads_from_the_anchor(store: Store) -> None:
+    readings = [Reading(B + 1000, 0, 50), Reading(B + 2000, 10, 50), Reading(B + 3000, 25, 150)]
+    calls = [SeenCall(B + 1500, "/b", 6), SeenCall(B + 1500, "/a", 4), SeenCall(B + 2500, "/a", 5, 3)]
+    purchases = [("tx-0", SeenPurchase(B + 900, 50)), ("tx-1", SeenPurchase(B + 2200, 100))]
+    await store.record_snapshot("fp", readings, calls, purchases)
+    # Seen again, with fewer of the identical calls at once, plus a later reading: nothing doubles, nothing shrinks.
+    await store.record_snapshot("fp", [*readings, Reading(B + 4000, 25, 150)], [SeenCall(B + 2500, "/a", 5, 1)], [])
+    await store.record_snapshot("fp-other", [Reading(B, 7, 7)], [SeenCall(B, "/a", 7)], [])
+
+    ledger, first = await store.load_ledger("fp", 0)
+    whole = ledger.spend(0, B + 4001)
+    assert (first, ledger.readings_in(0, B + 5000), ledger.last_reading) == (B + 1000, 4, B + 4000)
+    assert (whole.credits, whole.calls_seen, whole.purchased) == (25, 5, 150)
+    assert whole.by_endpoint == {"/a": 4 + 15, "/b": 6}
+
+    # From a start between readings: the reading before it anchors the ledger; purchases begin at the start.
+    ledger, first = await store.load_ledger("fp", B + 2100)
+    window = ledger.spend(B + 2100, B + 4001)
+    assert (first, ledger.readings_in(0, B + 5000)) == (B + 1000, 3)
+    assert (window.credits, window.credits_max, window.calls_seen, window.purchased) == (15, 15, 3, 100)
+
+    assert await store.forget_calls_before("fp", B + 2000) == 2
+    assert await store.forget_calls_before("fp", B + 2000) == 0
+    ledger, _ = await store.load_ledger("fp", 0)
+    assert (ledger.spend(0, B + 4001).credits, ledger.spend(0, B + 4001).calls_seen) == (25, 3)  # readings stay
+
+    nothing, never = await store.load_ledger("fp-none", 0)
+    assert (nothing.last_reading, never) == (None, None)
 
 
-def test_a_folder_where_the_file_should_be_is_reported(tmp_path: Path) -> None:
-    (tmp_path / "alerts.sqlite3").mkdir()
-    with pytest.raises(StateStoreError, match="is a folder"):
-        StateStore(tmp_path / "alerts.sqlite3").list_rules("fp")
+async def test_watchers_hear_each_change_of_stored_statuses_once(store: Store) -> None:
+    send, receive = anyio.create_memory_object_stream[str](10)
+    send_later, receive_later = anyio.create_memory_object_stream[str](10)
+    stop = store.watch(send.send_nowait)
+    store.watch(send_later.send_nowait)
+    await store.record_statuses("fp-a", {"floor": "triggered"}, T0)
+    await store.record_statuses("fp-a", {"floor": "triggered"}, T0 + timedelta(minutes=1))  # no change
+    await store.record_statuses("fp-a", {"floor": "unknown"}, T0 + timedelta(minutes=2))  # no change
+    await store.record_statuses("fp-b", {"floor": "ok"}, T0)  # a rule never stored counts as ok: no change
+    await store.record_statuses("fp-b", {"floor": "triggered"}, T0)
+    with anyio.fail_after(NOTICE_SECONDS):
+        # Notices arrive in the order of the changes, so the second one proves none came in between.
+        assert [await receive.receive(), await receive.receive()] == ["fp-a", "fp-b"]
+        assert [await receive_later.receive(), await receive_later.receive()] == ["fp-a", "fp-b"]
+    stop()
+    await store.record_statuses("fp-a", {"floor": "ok"}, T0 + timedelta(minutes=3))
+    with anyio.fail_after(NOTICE_SECONDS):
+        assert await receive_later.receive() == "fp-a"
+    with pytest.raises(anyio.WouldBlock):  # the stopped listener heard nothing (both are told at the same moment)
+        receive.receive_nowait()
 
 
-def test_a_state_folder_that_cannot_be_created_is_reported(tmp_path: Path) -> None:
-    (tmp_path / "blocker").write_text("a file, not a folder")
-    with pytest.raises(StateStoreError, match="Cannot create the alert state folder"):
-        StateStore(tmp_path / "blocker" / "alerts.sqlite3").list_rules("fp")
+async def test_a_store_is_ready_once_open(store: Store) -> None:
+    await store.check_ready()
 
+
+# ---- Concurrent writers of one ledger, on either backend ---------------------------------------------------------
 
 LEDGER_CALLS = [SeenCall(1_000 + 10 * i, f"/api/premium/e{i % 3}", 1 + i % 5) for i in range(200)]
 LEDGER_CALLS.append(SeenCall(5_000, "/api/premium/e0", 5, 2))  # two calls alike: two calls
 
 
-def _record_ledger(path: str, offset: int, start: Any) -> None:
+async def record_ledger(store: Store, offset: int) -> None:
     """Record every call, each overlapping window of 25 as a usage list shows it, with a reading after each."""
-    store = StateStore(Path(path))
-    start.wait()
     for first in range(offset, len(LEDGER_CALLS), 7):
         listed = LEDGER_CALLS[first : first + 25]
         reading = Reading(listed[-1].at + 1, sum(c.credits * c.calls for c in LEDGER_CALLS[: first + 25]), 9_999)
-        store.record_snapshot("fp", [reading], listed, [])
+        await store.record_snapshot("fp", [reading], listed, [])
 
 
-def test_processes_recording_the_ledger_at_once_lose_nothing_and_store_nothing_twice(tmp_path: Path) -> None:
-    """Three writers (two servers and a cron `record`, say) that all see the same calls and readings."""
-    path = tmp_path / "alerts.sqlite3"
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(3)
-    workers = [context.Process(target=_record_ledger, args=(str(path), offset, start)) for offset in range(3)]
+async def assert_whole_ledger(store: Store, stored_calls: int) -> None:
+    """Every call counted once: as rows, as calls and as credits."""
+    ledger, _ = await store.load_ledger("fp", 0)
+    everything = ledger.spend(0, 10_000)
+    assert everything.calls_seen == sum(call.calls for call in LEDGER_CALLS) == 202
+    assert everything.credits == everything.attributed == sum(call.credits * call.calls for call in LEDGER_CALLS)
+    assert stored_calls == len(LEDGER_CALLS)
+
+
+# ---- SQLite only -------------------------------------------------------------------------------------------------
+
+
+def test_creating_a_sqlite_store_touches_no_file(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "deep" / "alerts.sqlite3")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_sqlite_file_is_in_wal_mode_and_rows_are_keyed_by_fingerprint(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "alerts.sqlite3")
+    await store.save_rule("fp-a", make_rule("balance_below", 100, "floor"))
+    await store.save_rule("fp-b", make_rule("runway_below_hours", 12))
+    await store.delete_rule("fp-a", "floor")
+    with closing(sqlite3.connect(tmp_path / "alerts.sqlite3")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert {row[0] for row in db.execute("SELECT fingerprint FROM alert_rules")} == {"fp-b"}
+
+
+def in_processes(target: Callable[..., None], path: Path, count: int) -> None:
+    """Run `target(path, number, barrier)` in `count` fresh processes that start work together; all must succeed."""
+    context = multiprocessing.get_context("spawn")  # no fork: the test process has threads
+    start = context.Barrier(count)
+    workers = [context.Process(target=target, args=(str(path), number, start)) for number in range(count)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=60)
-    assert [worker.exitcode for worker in workers] == [0, 0, 0]
-    ledger, _ = StateStore(path).load_ledger("fp", 0)
-    everything = ledger.spend(0, 10_000)
-    assert everything.calls_seen == sum(call.calls for call in LEDGER_CALLS) == 202
-    assert everything.credits == everything.attributed == sum(call.credits * call.calls for call in LEDGER_CALLS)
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM ledger_calls").fetchone()[0] == len(LEDGER_CALLS)
+    assert [worker.exitcode for worker in workers] == [0] * count
+
+
+def _save_rules(path: str, number: int, start: Any) -> None:
+    async def save(store: SqliteStore) -> None:
+        for i in range(25):
+            await store.save_rule("fp", make_rule("balance_below", 10 + i, f"{number}-{i}"))
+            await store.record_statuses("fp", {f"{number}-{i}": "triggered"}, T0)
+
+    store = SqliteStore(Path(path))
+    start.wait()
+    anyio.run(save, store)
+
+
+async def test_processes_writing_at_once_on_a_new_file_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.sqlite3"
+    in_processes(_save_rules, path, 4)
+    assert len(await SqliteStore(path).list_rules("fp")) == 100
+
+
+def _record_ledger(path: str, offset: int, start: Any) -> None:
+    store = SqliteStore(Path(path))
+    start.wait()
+    anyio.run(record_ledger, store, offset)
+
+
+async def test_processes_recording_the_ledger_at_once_lose_nothing_and_store_nothing_twice(tmp_path: Path) -> None:
+    """Three writers (two servers and a cron `record`, say) that all see the same calls and readings."""
+    path = tmp_path / "alerts.sqlite3"
+    in_processes(_record_ledger, path, 3)
+    with closing(sqlite3.connect(path)) as db:
+        stored_calls = db.execute("SELECT count(*) FROM ledger_calls").fetchone()[0]
+    await assert_whole_ledger(SqliteStore(path), stored_calls)
+
+
+async def test_a_file_that_is_not_a_database_is_kept_and_copied_once(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.sqlite3"
+    path.write_bytes(b"\x00garbage" * 512)
+    store = SqliteStore(path)
+    operations: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.list_rules("fp"),
+        lambda: store.save_rule("fp", make_rule("balance_below", 1)),
+    ]
+    for operation in operations:
+        with pytest.raises(StateStoreError, match="not a readable SQLite database") as raised:
+            await operation()
+        assert str(path) in str(raised.value) and "A copy is kept at" in str(raised.value)
+    assert path.read_bytes() == b"\x00garbage" * 512
+    assert len(list(tmp_path.glob("alerts.sqlite3.corrupt-*"))) == 1
+
+
+async def test_a_folder_where_the_file_should_be_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "alerts.sqlite3").mkdir()
+    with pytest.raises(StateStoreError, match="is a folder"):
+        await SqliteStore(tmp_path / "alerts.sqlite3").list_rules("fp")
+
+
+async def test_a_state_folder_that_cannot_be_created_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    with pytest.raises(StateStoreError, match="Cannot create the alert state folder"):
+        await SqliteStore(tmp_path / "blocker" / "alerts.sqlite3").list_rules("fp")
+
+
+# ---- PostgreSQL only ---------------------------------------------------------------------------------------------
+
+
+async def opened(stack: AsyncExitStack, url: str, count: int) -> list[PostgresStore]:
+    """`count` stores on one database, as `count` replicas would have, closed with `stack`."""
+    return [await stack.enter_async_context(PostgresStore.open(url)) for _ in range(count)]
+
+
+def query(url: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
+    """Rows as the database holds them, read past the store."""
+    with psycopg.connect(url, autocommit=True) as db:
+        cursor = db.execute(statement, params or None)
+        return cursor.fetchall() if cursor.description else []
+
+
+async def test_stores_opening_an_empty_database_at_once_migrate_it_once(database_url: str) -> None:
+    async def open_and_check() -> None:
+        async with PostgresStore.open(database_url) as replica:
+            await replica.check_ready()
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(3):
+            tasks.start_soon(open_and_check)
+    await open_and_check()  # and a later start finds nothing to do
+    versions = query(database_url, "SELECT version FROM schema_migrations ORDER BY version")
+    assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
+
+
+async def test_stores_recording_the_ledger_at_once_lose_nothing_and_store_nothing_twice(database_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        replicas = await opened(stack, database_url, 3)
+        async with anyio.create_task_group() as tasks:
+            for offset, replica in enumerate(replicas):
+                tasks.start_soon(record_ledger, replica, offset)
+        [(stored_calls,)] = query(database_url, "SELECT count(*) FROM ledger_calls")
+        await assert_whole_ledger(replicas[0], stored_calls)
+
+
+async def test_stores_checking_one_token_at_once_queue_each_transition_once(database_url: str) -> None:
+    rounds = 8
+    async with AsyncExitStack() as stack:
+        first, second = await opened(stack, database_url, 2)
+        for number in range(rounds):
+            status: AlertStatus = "triggered" if number % 2 == 0 else "ok"
+            now = T0 + timedelta(minutes=number)
+            async with anyio.create_task_group() as tasks:
+                for replica in (first, second, first, second):
+                    tasks.start_soon(replica.record_statuses, "fp", {"floor": status, "cap": status}, now, composed)
+        messages = await second.claim_messages("fp", 0.0)
+    events = ["triggered" if number % 2 == 0 else "resolved" for number in range(rounds)]
+    assert [body.rsplit(" ", 1)[0] for _, body in messages] == [
+        f"{name} {event}" for event in events for name in ("floor", "cap")
+    ]
+
+
+async def test_an_error_raised_while_the_store_is_open_comes_out_as_itself(database_url: str) -> None:
+    with pytest.raises(InvalidInputError, match="already has 0 saved alert rules"):
+        async with PostgresStore.open(database_url) as store:
+            await store.save_rule("fp", make_rule("balance_below", 10), limit=0)
+
+
+async def test_a_watcher_on_one_store_hears_a_change_made_through_another(database_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        writer, reader = await opened(stack, database_url, 2)
+        send, receive = anyio.create_memory_object_stream[str](10)
+        reader.watch(send.send_nowait)
+        await writer.record_statuses("fp", {"floor": "triggered"}, T0)
+        with anyio.fail_after(NOTICE_SECONDS):
+            assert await receive.receive() == "fp"
+
+
+async def test_a_dropped_change_feed_is_reconnected_and_logged_without_the_password(
+    postgres_server: PostgresServer, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = database_url.replace("postgres@", f"postgres:{PASSWORD}@")  # the server trusts local users: not checked
+    async with PostgresStore.open(url) as store:
+        send, receive = anyio.create_memory_object_stream[str](10)
+        store.watch(send.send_nowait)
+        cut = query(  # and wait (up to 5 s) until that server process is gone
+            url,
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query = %s",
+            "LISTEN tensorfeed_alerts",
+        )
+        assert cut == [(True,)]
+        # A change made before the feed is back is not heard; keep changing until one is.
+        with anyio.fail_after(10):
+            for number in range(1_000):
+                flipped: AlertStatus = "triggered" if number % 2 == 0 else "ok"
+                await store.record_statuses("fp", {"floor": flipped}, T0)
+                with anyio.move_on_after(0.2):
+                    assert await receive.receive() == "fp"
+                    break
+    lost = [record for record in caplog.records if "Lost the alert change feed" in record.getMessage()]
+    assert lost and f"127.0.0.1:{postgres_server.port}/" in lost[0].getMessage()
+    assert not any(PASSWORD in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("problem", ["nothing listens", "no such database"])
+async def test_a_database_that_cannot_be_reached_is_named_by_host_port_and_name_only(
+    postgres_server: PostgresServer, problem: str
+) -> None:
+    with socket.socket() as blocker:  # bound, never listening: connections to it are refused
+        blocker.bind(("127.0.0.1", 0))
+        port = postgres_server.port if problem == "no such database" else blocker.getsockname()[1]
+        url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/tensorfeed"
+        with pytest.raises(StateStoreError) as raised:
+            async with PostgresStore.open(url):
+                pass
+    message = str(raised.value)
+    said = "Connection refused" if problem == "nothing listens" else 'database "tensorfeed" does not exist'
+    assert message.startswith(f"PostgreSQL at 127.0.0.1:{port}/tensorfeed is not reachable: {said}; check")
+    assert PASSWORD not in message + repr(raised.value) and raised.value.__cause__ is None
+
+
+async def test_a_schema_of_another_version_is_not_ready(database_url: str) -> None:
+    async with PostgresStore.open(database_url) as store:
+        await store.check_ready()
+        query(database_url, "INSERT INTO schema_migrations (version) VALUES (%s)", SCHEMA_VERSION + 1)
+        with pytest.raises(StateStoreError, match=f"has schema version {SCHEMA_VERSION + 1}, and this server uses"):
+            await store.check_ready()
+        query(database_url, "DELETE FROM schema_migrations")
+        with pytest.raises(StateStoreError, match="has schema version 0"):
+            await store.check_ready()

@@ -1,5 +1,4 @@
-"""StateStore: alert rules, their trigger state, queued alert messages and the spend ledger, in one SQLite file,
-keyed by token fingerprint.
+"""SqliteStore: the state store in one SQLite file on this machine (the default backend).
 
 Every operation opens its own connection and runs in one transaction, so several server processes can share
 the file (WAL mode, a busy timeout, BEGIN IMMEDIATE for writes). A file that is not a database is never
@@ -8,24 +7,36 @@ rewritten or replaced: it is copied aside once and every operation says where th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from tensorfeed_mcp.errors import InvalidInputError, StateStoreError
+import anyio
+
+from tensorfeed_mcp.errors import StateStoreError
 from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.models import AlertRule, AlertStatus
+from tensorfeed_mcp.store import (
+    MAX_SAVED_RULES,
+    OUTBOX_LEASE_SECONDS,
+    ChangeListener,
+    Compose,
+    SaveAction,
+    Watchers,
+    next_statuses,
+    rule_limit_error,
+    saved_rule,
+)
 
 if TYPE_CHECKING:
     import sqlite3
 
-MAX_SAVED_RULES = 100
 SCHEMA_VERSION = 3  # 2: alert_outbox; 3: the ledger_* tables
-OUTBOX_LEASE_SECONDS = 60.0  # longer than one delivery's attempts take, so only a crashed sender's lease runs out
 BUSY_TIMEOUT_MS = 5000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_rules (
@@ -75,53 +86,49 @@ CREATE TABLE IF NOT EXISTS ledger_purchases (
 """
 # Times in the ledger tables are integer milliseconds since the epoch (UTC), as in ledger.py.
 
-AlertEvent = Literal["triggered", "resolved"]
-Compose = Callable[[str, AlertEvent, datetime | None], str]
-"""Makes the message for a rule's transition (rule name, event, since), to queue for sending."""
-
 T = TypeVar("T")
 
 
-def _rule(name: str, kind: str, threshold: float, unit: str) -> AlertRule:
-    return AlertRule.model_validate(
-        {"name": name, "kind": kind, "threshold": threshold, "unit": unit, "source": "user"}
-    )
+class SqliteStore:
+    """The Store in one SQLite file. Creating one touches no file; `path` may be a function that finds it on first
+    use (finding the platform's state folder imports platformdirs, which start-up need not)."""
 
+    def __init__(self, path: Path | Callable[[], Path]) -> None:
+        self._locate = path if callable(path) else lambda: path
+        self._watchers = Watchers()
 
-class StateStore:
-    """Saved alert rules and when each went from ok to triggered. Creating one touches no file."""
+    @functools.cached_property
+    def path(self) -> Path:
+        return self._locate()
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def watch(self, listener: ChangeListener) -> Callable[[], None]:
+        """Only this process's changes are heard: the file has no way to tell other processes."""
+        return self._watchers.add(listener)
 
-    def list_rules(self, fingerprint: str) -> list[AlertRule]:
-        """The token's saved rules, by name."""
-        rows = self._run(
+    async def check_ready(self) -> None:
+        await self._run(lambda db: None, write=False)
+
+    async def list_rules(self, fingerprint: str) -> list[AlertRule]:
+        rows = await self._run(
             lambda db: db.execute(
                 "SELECT name, kind, threshold, unit FROM alert_rules WHERE fingerprint = ? ORDER BY name",
                 (fingerprint,),
             ).fetchall(),
             write=False,
         )
-        return [_rule(*row) for row in rows]
+        return [saved_rule(*row) for row in rows]
 
-    def save_rule(
+    async def save_rule(
         self, fingerprint: str, rule: AlertRule, limit: int = MAX_SAVED_RULES
-    ) -> tuple[Literal["created", "updated"], int]:
-        """Create the rule or replace the one with its name, and return what happened and how many rules the token
-        now has. A changed kind or threshold forgets its trigger state. A new rule beyond `limit` is refused."""
-
-        def save(db: sqlite3.Connection) -> tuple[Literal["created", "updated"], int]:
+    ) -> tuple[SaveAction, int]:
+        def save(db: sqlite3.Connection) -> tuple[SaveAction, int]:
             old = db.execute(
                 "SELECT kind, threshold FROM alert_rules WHERE fingerprint = ? AND name = ?",
                 (fingerprint, rule.name),
             ).fetchone()
             count = self._count(db, fingerprint)
             if old is None and count >= limit:
-                raise InvalidInputError(
-                    f"This token already has {count} saved alert rules, the most allowed ({limit}). Delete one "
-                    "(delete_spend_alert) or change an existing rule by saving it under its name."
-                )
+                raise rule_limit_error(count, limit)
             db.execute(
                 "INSERT INTO alert_rules (fingerprint, name, kind, threshold, unit) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (fingerprint, name) DO UPDATE SET kind = excluded.kind, "
@@ -132,11 +139,9 @@ class StateStore:
                 db.execute("DELETE FROM alert_state WHERE fingerprint = ? AND name = ?", (fingerprint, rule.name))
             return ("created", count + 1) if old is None else ("updated", count)
 
-        return self._run(save, write=True)
+        return await self._run(save, write=True)
 
-    def delete_rule(self, fingerprint: str, name: str) -> tuple[AlertRule, int] | None:
-        """Delete a saved rule and its state; return it and how many rules remain, or None when there was none."""
-
+    async def delete_rule(self, fingerprint: str, name: str) -> tuple[AlertRule, int] | None:
         def delete(db: sqlite3.Connection) -> tuple[AlertRule, int] | None:
             row = db.execute(
                 "DELETE FROM alert_rules WHERE fingerprint = ? AND name = ? RETURNING name, kind, threshold, unit",
@@ -145,62 +150,43 @@ class StateStore:
             db.execute("DELETE FROM alert_state WHERE fingerprint = ? AND name = ?", (fingerprint, name))
             if row is None:
                 return None
-            return _rule(*row), self._count(db, fingerprint)
+            return saved_rule(*row), self._count(db, fingerprint)
 
-        return self._run(delete, write=True)
+        return await self._run(delete, write=True)
 
     @staticmethod
     def _count(db: sqlite3.Connection, fingerprint: str) -> int:
         return int(db.execute("SELECT count(*) FROM alert_rules WHERE fingerprint = ?", (fingerprint,)).fetchone()[0])
 
-    def record_statuses(
+    async def record_statuses(
         self, fingerprint: str, statuses: dict[str, AlertStatus], now: datetime, compose: Compose | None = None
     ) -> dict[str, datetime | None]:
-        """Store this check's statuses and return each rule's `since`.
-
-        A rule that becomes triggered gets `since = now`; one that stays triggered keeps its time; ok and
-        not_applicable clear it; unknown changes nothing (a failed read is not evidence either way). With
-        `compose`, each change into or out of triggered (a first evaluation that finds a rule triggered counts)
-        queues its message in the same transaction: the stored status decides, so across processes each
-        transition is queued exactly once.
-        """
-
-        def record(db: sqlite3.Connection) -> dict[str, datetime | None]:
+        def record(db: sqlite3.Connection) -> tuple[dict[str, datetime | None], bool]:
             stored = {
                 name: (status, since)
                 for name, status, since in db.execute(
                     "SELECT name, status, since FROM alert_state WHERE fingerprint = ?", (fingerprint,)
                 )
             }
-            result: dict[str, datetime | None] = {}
-            for name, status in statuses.items():
-                old_status, old_since = stored.get(name, ("ok", None))
-                if status == "unknown":
-                    status, since = old_status, old_since
-                elif status == "triggered":
-                    since = old_since if old_status == "triggered" and old_since else now.isoformat()
-                else:
-                    since = None
-                db.execute(
-                    "INSERT INTO alert_state (fingerprint, name, status, since) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (fingerprint, name) DO UPDATE SET status = excluded.status, since = excluded.since",
-                    (fingerprint, name, status, since),
+            update = next_statuses(stored, statuses, now)
+            db.executemany(
+                "INSERT INTO alert_state (fingerprint, name, status, since) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (fingerprint, name) DO UPDATE SET status = excluded.status, since = excluded.since",
+                [(fingerprint, *row) for row in update.rows],
+            )
+            if compose is not None:
+                db.executemany(
+                    "INSERT INTO alert_outbox (fingerprint, body) VALUES (?, ?)",
+                    [(fingerprint, compose(name, event, update.since[name])) for name, event in update.transitions],
                 )
-                result[name] = datetime.fromisoformat(since) if status == "triggered" and since else None
-                if compose is not None and (old_status == "triggered") != (status == "triggered"):
-                    event: AlertEvent = "triggered" if status == "triggered" else "resolved"
-                    db.execute(
-                        "INSERT INTO alert_outbox (fingerprint, body) VALUES (?, ?)",
-                        (fingerprint, compose(name, event, result[name])),
-                    )
-            return result
+            return update.since, update.changed
 
-        return self._run(record, write=True)
+        since, changed = await self._run(record, write=True)
+        if changed:
+            self._watchers.tell(fingerprint)
+        return since
 
-    def claim_messages(self, fingerprint: str, now: float) -> list[tuple[int, str]]:
-        """The token's queued messages (id, body), oldest first, that no live sender holds; each is now held by
-        the caller for OUTBOX_LEASE_SECONDS (`now` in epoch seconds), so a crashed sender's message is retried."""
-
+    async def claim_messages(self, fingerprint: str, now: float) -> list[tuple[int, str]]:
         def claim(db: sqlite3.Connection) -> list[tuple[int, str]]:
             rows = db.execute(
                 "SELECT id, body FROM alert_outbox WHERE fingerprint = ? AND (claimed_until IS NULL OR "
@@ -213,36 +199,30 @@ class StateStore:
             )
             return [(int(row[0]), str(row[1])) for row in rows]
 
-        return self._run(claim, write=True)
+        return await self._run(claim, write=True)
 
-    def settle_message(self, message_id: int, *, done: bool) -> None:
-        """Remove a sent (or undeliverable) message, or release it for the next run to retry."""
+    async def settle_message(self, message_id: int, *, done: bool) -> None:
         if done:
             statement = "DELETE FROM alert_outbox WHERE id = ?"
         else:
             statement = "UPDATE alert_outbox SET claimed_until = NULL WHERE id = ?"
-        self._run(lambda db: db.execute(statement, (message_id,)), write=True)
+        await self._run(lambda db: db.execute(statement, (message_id,)), write=True)
 
-    def queued_messages(self, fingerprint: str) -> int:
-        """How many of the token's messages wait to be sent."""
-        return self._run(
+    async def queued_messages(self, fingerprint: str) -> int:
+        return await self._run(
             lambda db: int(
                 db.execute("SELECT count(*) FROM alert_outbox WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
             ),
             write=False,
         )
 
-    def record_snapshot(
+    async def record_snapshot(
         self,
         fingerprint: str,
         readings: Sequence[Reading],
         calls: Sequence[SeenCall],
         purchases: Sequence[tuple[str, SeenPurchase]],
     ) -> None:
-        """Add what a look at the account found, in one transaction. A call seen again is stored once; `count`
-        keeps the most calls ever seen at once with the same time, endpoint and credits, so concurrent writers
-        agree."""
-
         def record(db: sqlite3.Connection) -> None:
             db.executemany(
                 "INSERT OR IGNORE INTO ledger_readings (fingerprint, at, spent, purchased) VALUES (?, ?, ?, ?)",
@@ -258,12 +238,9 @@ class StateStore:
                 [(fingerprint, tx_hash, purchase.at, purchase.credits) for tx_hash, purchase in purchases],
             )
 
-        self._run(record, write=True)
+        await self._run(record, write=True)
 
-    def load_ledger(self, fingerprint: str, start: int) -> tuple[Ledger, int | None]:
-        """The token's ledger from the last reading at or before `start` on, and the time of its first reading
-        ever (None when there is none)."""
-
+    async def load_ledger(self, fingerprint: str, start: int) -> tuple[Ledger, int | None]:
         def load(db: sqlite3.Connection) -> tuple[Ledger, int | None]:
             first, anchor = db.execute(
                 "SELECT min(at), (SELECT max(at) FROM ledger_readings WHERE fingerprint = ?1 AND at <= ?2) "
@@ -285,19 +262,21 @@ class StateStore:
             ).fetchall()
             return Ledger(readings, calls, purchases), first
 
-        return self._run(load, write=False)
+        return await self._run(load, write=False)
 
-    def forget_calls_before(self, fingerprint: str, cutoff: int) -> int:
-        """Delete the token's seen calls older than `cutoff`; return how many rows went. Readings stay: they
-        alone keep every day's total exact."""
-        return self._run(
+    async def forget_calls_before(self, fingerprint: str, cutoff: int) -> int:
+        return await self._run(
             lambda db: (
                 db.execute("DELETE FROM ledger_calls WHERE fingerprint = ? AND at < ?", (fingerprint, cutoff)).rowcount
             ),
             write=True,
         )
 
-    def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+    async def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run `operation` in one transaction on a worker thread (sqlite3 blocks)."""
+        return await anyio.to_thread.run_sync(functools.partial(self._run_now, operation, write=write))
+
+    def _run_now(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         import sqlite3  # imported here: start-up does not need it, and most processes never touch alerts
 
         try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,8 @@ import anyio
 
 from tensorfeed_mcp import __version__
 from tensorfeed_mcp.config import Settings, load_settings, redact_logs
-from tensorfeed_mcp.errors import ConfigurationError, TensorFeedError
+from tensorfeed_mcp.errors import ConfigurationError, StateStoreError, TensorFeedError
+from tensorfeed_mcp.logs import configure_logging
 
 EXIT_OK, EXIT_TRIGGERED, EXIT_CANNOT_RUN = 0, 1, 2
 
@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         "--auth-token-file",
         type=Path,
         help="file holding the bearer secret HTTP clients must send (instead of TENSORFEED_MCP_AUTH_TOKEN)",
+    )
+    serve.add_argument(
+        "--multi-tenant",
+        action="store_true",
+        help="hosted mode: serve many users, each sending their own token as 'Authorization: Bearer tf_live_…' "
+        "(or TENSORFEED_MCP_MULTI_TENANT=1); streamable HTTP only; needs the hosted extra",
     )
     serve.add_argument(
         "--allow-host",
@@ -77,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging("text")
     command = args.command or "serve"
     try:
         if command == "sandbox":
@@ -91,11 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo()
         webhook_url = getattr(args, "webhook_url", None)
         settings = load_settings({**os.environ, "TENSORFEED_ALERT_WEBHOOK_URL": webhook_url} if webhook_url else None)
+        if getattr(args, "multi_tenant", False):
+            settings = dataclasses.replace(settings, multi_tenant=True)
+        configure_logging(settings.log_format)
         redact_logs(settings)
         if command in ("check", "record", "history"):
             return anyio.run(_run_once, settings, command, args)
         return _serve(settings, args)
-    except ConfigurationError as exc:
+    except (ConfigurationError, StateStoreError) as exc:  # a state store that cannot be opened at start, too
         print(f"tensorfeed-mcp: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     except KeyboardInterrupt:
@@ -106,6 +115,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from tensorfeed_mcp.server import AccountRuntime, build_server, serve_stdio
 
     transport = getattr(args, "transport", "stdio")
+    if settings.multi_tenant:
+        from tensorfeed_mcp.hosted import check_hosted_settings
+
+        check_hosted_settings(settings, transport)
     if transport == "stdio":
         anyio.run(serve_stdio, build_server(AccountRuntime(settings)))
         return EXIT_OK

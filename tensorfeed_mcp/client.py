@@ -44,6 +44,7 @@ from tensorfeed_mcp.models import (
     UsagePayload,
     clean_upstream_text,
 )
+from tensorfeed_mcp.telemetry import NO_TELEMETRY, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,27 @@ def validate_spend_cap(daily_cap: object) -> int:
     return daily_cap
 
 
-class TensorFeedClient:
-    """The TensorFeed account API for one token. Open once per process (`async with`), share freely."""
+def upstream_http_client(settings: Settings) -> httpx2.AsyncClient:
+    """The HTTP client for the service; it holds no token (each request carries its own), so tenants share it."""
+    return httpx2.AsyncClient(
+        base_url=settings.api_url + "/",
+        headers={"User-Agent": f"tensorfeed-mcp/{__version__}", "Accept": "application/json"},
+        timeout=settings.timeout_seconds,
+        follow_redirects=False,
+    )
 
-    def __init__(self, settings: Settings) -> None:
+
+class TensorFeedClient:
+    """The TensorFeed account API for one token, with its own cache and request coalescing. Open once per process
+    (`async with`), share freely. Given `http`, it uses that connection pool and leaves closing it to its owner."""
+
+    def __init__(
+        self, settings: Settings, http: httpx2.AsyncClient | None = None, telemetry: Telemetry = NO_TELEMETRY
+    ) -> None:
         self._settings = settings
-        self._http: httpx2.AsyncClient | None = None
+        self._http = http
+        self._owns_http = http is None
+        self._telemetry = telemetry
         self._cache: dict[str, _Answer] = {}
         self._flights: dict[str, _Flight] = {}
 
@@ -105,18 +121,13 @@ class TensorFeedClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._http is not None:
+        if self._http is not None and self._owns_http:
             await self._http.aclose()
 
     def _connection(self) -> httpx2.AsyncClient:
         """The HTTP client, made on first use: its TLS setup takes tens of milliseconds the start-up need not wait."""
         if self._http is None:
-            self._http = httpx2.AsyncClient(
-                base_url=self._settings.api_url + "/",
-                headers={"User-Agent": f"tensorfeed-mcp/{__version__}", "Accept": "application/json"},
-                timeout=self._settings.timeout_seconds,
-                follow_redirects=False,
-            )
+            self._http = upstream_http_client(self._settings)
         return self._http
 
     async def balance(self) -> Fetched[BalancePayload]:
@@ -166,10 +177,12 @@ class TensorFeedClient:
         while True:
             cached = self._cache.get(path)
             if cached is not None and anyio.current_time() - cached.received_at < self._settings.cache_seconds:
+                self._telemetry.cache_hit(path)
                 return self._fetched(cached, model)
             flight = self._flights.get(path)
             if flight is None:
                 break
+            self._telemetry.cache_hit(path)
             await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
@@ -216,12 +229,14 @@ class TensorFeedClient:
             except UpstreamError as exc:
                 exc.attempts = attempt
                 if not exc.retryable or attempt >= MAX_ATTEMPTS:
+                    self._telemetry.upstream_error(type(exc).__name__)
                     raise
                 delay = BACKOFF_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
                 if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
                 # Waiting only makes sense if a useful attempt still fits before the deadline.
                 if deadline - anyio.current_time() - delay < 0.1:
+                    self._telemetry.upstream_error(type(exc).__name__)
                     raise
                 logger.info("%s %s failed (%s); retry %d in %.2f s", method, path, type(exc).__name__, attempt, delay)
                 await anyio.sleep(delay)
@@ -230,6 +245,7 @@ class TensorFeedClient:
         self, method: str, path: str, body: dict[str, Any] | None, token: str, timeout: float
     ) -> _Answer:
         headers = {"Authorization": f"Bearer {token}"}
+        started = anyio.current_time()
         try:
             with anyio.fail_after(timeout):
                 async with self._connection().stream(
@@ -260,6 +276,8 @@ class TensorFeedClient:
                 f"Talking to TensorFeed failed unexpectedly ({type(exc).__name__}). Try again shortly; if it "
                 "persists, check TENSORFEED_API_URL."
             ) from None
+        finally:
+            self._telemetry.upstream_request(path, anyio.current_time() - started)
 
     async def _read_capped(self, response: httpx2.Response) -> bytes:
         declared = response.headers.get("content-length", "")

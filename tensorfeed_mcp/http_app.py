@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Literal
 
 import uvicorn
@@ -18,9 +20,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from tensorfeed_mcp.account import AccountService
 from tensorfeed_mcp.config import Settings, is_loopback, redact_logs
 from tensorfeed_mcp.errors import ConfigurationError
+from tensorfeed_mcp.logs import uvicorn_log_config
 from tensorfeed_mcp.server import AccountRuntime
 
 logger = logging.getLogger(__name__)
@@ -136,7 +138,7 @@ class BearerAuth:
 
 
 def build_http_app(
-    server: MCPServer[AccountService],
+    server: MCPServer[AccountRuntime],
     transport: HttpTransport,
     host: str,
     settings: Settings,
@@ -158,18 +160,42 @@ def build_http_app(
     return BearerAuth(app, auth_secret) if auth_secret else app
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that first tells `on_exit` (which fails readiness) when SIGTERM or SIGINT arrives; uvicorn
+    then stops accepting connections and lets requests in flight finish within the grace period."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()  # else uvicorn re-raises it after the drain, and the process dies of it (143)
+
+
 async def serve_http(
     runtime: AccountRuntime,
-    server: MCPServer[AccountService],
+    server: MCPServer[AccountRuntime],
     transport: HttpTransport,
     host: str,
     port: int,
     extra_hosts: Sequence[str] = (),
 ) -> None:
-    """Listen until SIGINT or SIGTERM; the account client and watcher are opened once for the process."""
+    """Listen until SIGINT or SIGTERM; the store and account clients are opened once for the process."""
     settings = runtime.settings
-    check_bind(host, settings.mcp_auth_token)
-    app = build_http_app(server, transport, host, settings, extra_hosts)
+    on_exit: Callable[[], None] = lambda: None  # noqa: E731
+    if settings.multi_tenant:
+        from tensorfeed_mcp.hosted import build_hosted_app
+
+        app, operations = build_hosted_app(runtime, server, host, extra_hosts)
+        on_exit = operations.start_draining
+        # In-flight calls may take up to the upstream deadline; the drain waits for them.
+        grace = math.ceil(settings.deadline_seconds) + 1
+    else:
+        check_bind(host, settings.mcp_auth_token)
+        app = build_http_app(server, transport, host, settings, extra_hosts)
+        grace = SHUTDOWN_GRACE_SECONDS
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -184,10 +210,12 @@ async def serve_http(
         app,
         http=BoundedH11Protocol,
         log_level="info",
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        log_config=uvicorn_log_config(settings.log_format) or uvicorn.config.LOGGING_CONFIG,
+        timeout_graceful_shutdown=grace,
         server_header=False,
     )
     redact_logs(settings)  # again: uvicorn has just installed handlers of its own
     async with runtime.open():
-        print(f"tensorfeed-mcp listening on http://{shown_host}:{bound_port}{path}", file=sys.stderr, flush=True)
-        await uvicorn.Server(config).serve(sockets=[sock])
+        mode = " (multi-tenant)" if settings.multi_tenant else ""
+        print(f"tensorfeed-mcp listening on http://{shown_host}:{bound_port}{path}{mode}", file=sys.stderr, flush=True)
+        await DrainingServer(config, on_exit).serve(sockets=[sock])

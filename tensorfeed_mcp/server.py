@@ -7,13 +7,15 @@ import json
 import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.resources import files
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar, get_args
 
 import anyio
+import anyio.lowlevel
 from mcp.server import MCPServer
 from mcp.server.apps import Apps
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
@@ -21,7 +23,7 @@ from mcp.server.mcpserver.exceptions import MCPServerError, ResourceError, ToolE
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.session import ServerSession
 from mcp.server.stdio import stdio_server
-from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.server.subscriptions import ServerEvent
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import SessionMessage
 from mcp.shared.subscriptions import ResourceUpdated
@@ -41,13 +43,25 @@ from mcp.types import (
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
-from pydantic import Field, StrictFloat, StrictInt, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from tensorfeed_mcp.metrics import PrometheusTelemetry
 
 from tensorfeed_mcp import __version__
 from tensorfeed_mcp.account import MAX_HISTORY_DAYS, MAX_HOUR_DAYS, AccountService
 from tensorfeed_mcp.alerts import KINDS_HELP, MAX_NAME_LENGTH
-from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.client import TensorFeedClient, upstream_http_client
+from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
 from tensorfeed_mcp.errors import TensorFeedError, shown
 from tensorfeed_mcp.models import (
     DEFAULT_RECENT_LIMIT,
@@ -65,6 +79,9 @@ from tensorfeed_mcp.models import (
     SpendCapChange,
     SpendHistory,
 )
+from tensorfeed_mcp.store import Store, open_store
+from tensorfeed_mcp.telemetry import NO_TELEMETRY, Telemetry
+from tensorfeed_mcp.tenants import TenantAccounts, TensorFeedTokenVerifier, current_tenant, request_token
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +91,9 @@ INSTRUCTIONS = (
     "Use the read tools to answer questions about credits, check_spend_alerts before costly work, and change the "
     "spend cap or alert rules only when the user asks."
 )
+HOSTED_INSTRUCTIONS = INSTRUCTIONS.replace("behind TENSORFEED_TOKEN", "whose token this request carries")
+TENSORFEED_ISSUER = "https://tensorfeed.ai"
+MAX_STREAMS_PER_TENANT = 10
 SUMMARY_URI = "tensorfeed://account/summary"
 DASHBOARD_URI = "ui://tensorfeed/dashboard"
 ALERTS_URI = "tensorfeed://account/alerts"
@@ -156,68 +176,125 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class AccountServer(MCPServer[AccountService]):
-    """MCPServer that checks a call's arguments itself first, so the caller reads what is accepted, and whose
-    text block is the structured result as compact JSON (the SDK indents it, which costs a model's context)."""
-
-    async def call_tool(
-        self, name: str, arguments: dict[str, Any], context: Context[AccountService, Any] | None = None
-    ) -> CallToolResult | InputRequiredResult:
-        tool = self._tool_manager.get_tool(name)
-        if tool is not None:
-            check_arguments(tool, arguments)
-        result = await super().call_tool(name, arguments, context)
-        if isinstance(result, CallToolResult) and result.structured_content is not None:
-            result.content = [TextContent(text=compact_json(result.structured_content))]
-        return result
-
-
 tool_errors = reported_as(ToolError)
 resource_errors = reported_as(ResourceError)
 
 MODERN_PROTOCOL = "2026-07-28"
+STATELESS_SUBSCRIBE_REFUSAL = (
+    "This server is hosted for many users and keeps no sessions, so it cannot hold a 2025-era resources/subscribe. "
+    "Listen with subscriptions/listen (protocol 2026-07-28), or call check_spend_alerts to see alerts now."
+)
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=True)
 LOCAL_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 
+class TenantBus:
+    """The SubscriptionBus: each listen stream belongs to the tenant that opened it, and hears only that tenant's
+    alert changes (`tell`). Events published the SDK's way (`publish`) concern the server itself and reach all."""
+
+    def __init__(self, default_tenant: str | None) -> None:
+        self._default_tenant = default_tenant
+        self._listeners: dict[object, tuple[str | None, Callable[[ServerEvent], None]]] = {}
+
+    async def publish(self, event: ServerEvent) -> None:
+        self._deliver(event, lambda tenant: True)
+        await anyio.lowlevel.checkpoint()
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        """Called by the SDK in the listen request, so the request's tenant is known here. A hosted tenant may hold
+        MAX_STREAMS_PER_TENANT streams at once, so one token cannot take every connection a replica allows."""
+        tenant = current_tenant()
+        if tenant is not None and sum(held == tenant for held, _ in self._listeners.values()) >= MAX_STREAMS_PER_TENANT:
+            raise MCPError(
+                INVALID_REQUEST,
+                f"This token already has {MAX_STREAMS_PER_TENANT} listen streams open here; close one first.",
+            )
+        key = object()
+        self._listeners[key] = (tenant or self._default_tenant, listener)
+        return lambda: self._listeners.pop(key, None) and None
+
+    def tell(self, tenant: str, event: ServerEvent) -> None:
+        self._deliver(event, lambda listener_tenant: listener_tenant == tenant)
+
+    def _deliver(self, event: ServerEvent, wanted: Callable[[str | None], bool]) -> None:
+        for tenant, listener in list(self._listeners.values()):
+            if wanted(tenant):
+                try:
+                    listener(event)
+                except Exception:  # one broken stream must not keep the event from the others
+                    logger.exception("A subscription listener failed; the others still hear the event.")
+
+
 class AccountRuntime:
-    """The process's AccountService, the alert watcher, and who to tell when an alert changes."""
+    """The process's accounts (one token's, or in hosted mode one per tenant), the alert watcher, and who to tell
+    when an alert changes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.bus = InMemorySubscriptionBus()
+        self.metrics: PrometheusTelemetry | None = None
+        self.telemetry: Telemetry = NO_TELEMETRY
+        if settings.multi_tenant:  # only hosting needs the metrics library (the `hosted` extra)
+            from tensorfeed_mcp.metrics import PrometheusTelemetry
+
+            self.metrics = self.telemetry = PrometheusTelemetry(self.active_tenants)
+        own_token = settings.token if settings.token and TOKEN_PATTERN.fullmatch(settings.token) else None
+        self.bus = TenantBus(token_fingerprint(own_token) if own_token else None)
+        self.store: Store | None = None
         self._service: AccountService | None = None
+        self._tenants: TenantAccounts | None = None
         self._legacy_subscribers: dict[str, set[Connection]] = {}
         self._last_statuses: dict[str, AlertStatus] | None = None
 
     @asynccontextmanager
-    async def open(self) -> AsyncIterator[AccountService]:
-        """Open the service (and start the watcher when TENSORFEED_ALERT_POLL_SECONDS is set) for the process."""
-        async with AccountService.open(self.settings) as service, anyio.create_task_group() as group:
-            if self.settings.alert_poll_seconds:
-                group.start_soon(self._watch, service, self.settings.alert_poll_seconds)
-            self._service = service
+    async def open(self) -> AsyncIterator[AccountRuntime]:
+        """Open the store and the account client(s) for the process, and start the watcher when
+        TENSORFEED_POLL_SECONDS is set."""
+        settings = self.settings
+        async with open_store(settings) as store, AsyncExitStack() as stack, anyio.create_task_group() as group:
+            if settings.multi_tenant:
+                http = await stack.enter_async_context(upstream_http_client(settings))
+                self._tenants = TenantAccounts(settings, http, store, self.telemetry)
+            else:
+                client = await stack.enter_async_context(TensorFeedClient(settings, telemetry=self.telemetry))
+                self._service = AccountService(settings, client, store)
+                if settings.alert_poll_seconds:
+                    group.start_soon(self._watch, self._service, settings.alert_poll_seconds)
+            stack.callback(store.watch(self._alerts_changed))
+            self.store = store
             try:
-                yield service
+                yield self
             finally:
-                self._service = None
+                self.store = self._service = self._tenants = None
                 group.cancel_scope.cancel()
 
-    @property
-    def service(self) -> AccountService:
-        """The open service, for handlers the SDK gives no context (static resources)."""
+    def account(self) -> AccountService:
+        """The account the current request is about: its tenant's in hosted mode, else the process's own."""
+        if self._tenants is not None:
+            token = request_token()
+            if token is None:  # the SDK's auth layer refuses such a request before any handler runs
+                raise RuntimeError("A hosted request reached a handler without a verified token.")
+            return self._tenants.for_token(token)
         if self._service is None:
             raise RuntimeError("The account service is not open yet.")
         return self._service
 
+    def active_tenants(self) -> int:
+        """Tenants with a request in the last few minutes (hosted mode), else 0."""
+        return 0 if self._tenants is None else self._tenants.active()
+
     @asynccontextmanager
-    async def lifespan(self, _server: MCPServer[AccountService]) -> AsyncIterator[AccountService]:
-        """Share the process's service when a transport runner already opened it (HTTP), else open one (stdio)."""
-        if self._service is not None:
-            yield self._service
+    async def lifespan(self, _server: MCPServer[AccountRuntime]) -> AsyncIterator[AccountRuntime]:
+        """Share the process's runtime when a transport runner already opened it (HTTP), else open it (stdio)."""
+        if self.store is not None:
+            yield self
             return
-        async with self.open() as service:
-            yield service
+        async with self.open():
+            yield self
+
+    def _alerts_changed(self, fingerprint: str) -> None:
+        """A stored alert status changed, on this process or (with PostgreSQL) any other: tell that tenant's
+        listen streams."""
+        self.bus.tell(fingerprint, ResourceUpdated(uri=ALERTS_URI))
 
     async def _watch(self, service: AccountService, interval: float) -> None:
         """Check the alerts every `interval` seconds for as long as the process serves; nothing stops it but that."""
@@ -231,7 +308,11 @@ class AccountRuntime:
             await anyio.sleep(interval)
 
     async def observe(self, check: AlertCheck) -> None:
-        """Tell subscribers when any rule's status differs from the previous check in this process (either kind)."""
+        """Log newly triggered rules and tell 2025-era subscribers when any rule's status differs from the previous
+        check in this process. Only for the one-token process: a hosted replica keeps no sessions to tell, and
+        listen streams hear of changes from the store."""
+        if self._tenants is not None:
+            return
         statuses = {alert.name: alert.status for alert in check.alerts}
         previous, self._last_statuses = self._last_statuses, statuses
         if previous is None or statuses == previous:
@@ -241,7 +322,6 @@ class AccountRuntime:
         ]
         for alert in newly_triggered:
             logger.warning("Alert %s triggered: %s", alert.name, alert.message)
-        await self.bus.publish(ResourceUpdated(uri=ALERTS_URI))
         for connection in list(self._legacy_subscribers.get(ALERTS_URI, ())):
             for alert in newly_triggered:
                 await warn_legacy_client(connection, f"Alert {alert.name} triggered: {alert.message}")
@@ -253,6 +333,8 @@ class AccountRuntime:
 
     async def subscribe(self, ctx: ServerRequestContext[Any], params: SubscribeRequestParams) -> EmptyResult:
         """Legacy resources/subscribe: remember the connection, until it closes, so the watcher can tell it."""
+        if self.settings.multi_tenant:
+            raise MCPError(INVALID_REQUEST, STATELESS_SUBSCRIBE_REFUSAL)
         uri = str(params.uri)
         if uri not in (SUMMARY_URI, ALERTS_URI):
             raise MCPError(INVALID_PARAMS, f"Unknown resource {shown(uri)}; subscribable: {SUMMARY_URI}, {ALERTS_URI}.")
@@ -276,8 +358,34 @@ class AccountRuntime:
         return EmptyResult()
 
 
-def account_of(ctx: Context[AccountService]) -> AccountService:
-    return ctx.request_context.lifespan_context
+class AccountServer(MCPServer[AccountRuntime]):
+    """MCPServer that checks a call's arguments itself first, so the caller reads what is accepted, whose text
+    block is the structured result as compact JSON (the SDK indents it, which costs a model's context), and that
+    reports each call to the runtime's telemetry."""
+
+    telemetry: Telemetry = NO_TELEMETRY
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[AccountRuntime, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        tool = self._tool_manager.get_tool(name)
+        label = name if tool is not None else "unknown"  # a client's made-up names must not become metric labels
+        try:
+            if tool is not None:
+                check_arguments(tool, arguments)
+            result = await super().call_tool(name, arguments, context)
+        except Exception:
+            self.telemetry.tool_call(label, "error")
+            raise
+        is_error = isinstance(result, CallToolResult) and result.is_error
+        self.telemetry.tool_call(label, "error" if is_error else "ok")
+        if isinstance(result, CallToolResult) and result.structured_content is not None:
+            result.content = [TextContent(text=compact_json(result.structured_content))]
+        return result
+
+
+def account_of(ctx: Context[AccountRuntime]) -> AccountService:
+    return ctx.request_context.lifespan_context.account()
 
 
 def dashboard_app() -> Apps:
@@ -307,7 +415,7 @@ def dashboard_app() -> Apps:
     )
     @tool_errors
     async def get_spend_history(
-        ctx: Context[AccountService],
+        ctx: Context[AccountRuntime],
         days: Annotated[
             StrictInt,
             Field(ge=1, le=MAX_HISTORY_DAYS),
@@ -324,19 +432,25 @@ def dashboard_app() -> Apps:
     return apps
 
 
-def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
+def build_server(runtime: AccountRuntime) -> MCPServer[AccountRuntime]:
     """The MCP server: every tool returns a pydantic model, so each has an output schema."""
+    hosted = runtime.settings.multi_tenant
     server = AccountServer(
         "tensorfeed",
         title="TensorFeed account",
-        instructions=INSTRUCTIONS,
+        instructions=HOSTED_INSTRUCTIONS if hosted else INSTRUCTIONS,
         version=__version__,
         website_url="https://tensorfeed.ai",
         lifespan=runtime.lifespan,
         subscriptions=runtime.bus,
         log_level="WARNING",
         extensions=[dashboard_app()],
+        # Hosted: each request's bearer is the tenant's own TensorFeed token, issued by the service itself; there
+        # is no OAuth flow to advertise, so no protected-resource metadata (clients are told to send the header).
+        auth=AuthSettings(issuer_url=AnyHttpUrl(TENSORFEED_ISSUER), resource_server_url=None) if hosted else None,
+        token_verifier=TensorFeedTokenVerifier() if hosted else None,
     )
+    server.telemetry = runtime.telemetry
     # MCPServer has no public seam for the 2025-era resources/subscribe; its low-level server does.
     lowlevel = server._lowlevel_server
     lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, runtime.subscribe)
@@ -355,7 +469,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def get_account_usage(
-        ctx: Context[AccountService],
+        ctx: Context[AccountRuntime],
         endpoint: Annotated[
             str | None,
             Field(max_length=MAX_UPSTREAM_TEXT),
@@ -380,7 +494,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         ),
     )
     @tool_errors
-    async def get_account_balance(ctx: Context[AccountService]) -> AccountBalance:
+    async def get_account_balance(ctx: Context[AccountRuntime]) -> AccountBalance:
         return await account_of(ctx).balance()
 
     @server.tool(
@@ -389,7 +503,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         description="Credit purchases (top-ups) for the token, newest first, with dollar and credit totals.",
     )
     @tool_errors
-    async def get_payment_history(ctx: Context[AccountService]) -> PaymentHistory:
+    async def get_payment_history(ctx: Context[AccountRuntime]) -> PaymentHistory:
         return await account_of(ctx).history()
 
     @server.tool(
@@ -402,7 +516,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         ),
     )
     @tool_errors
-    async def get_spend_cap(ctx: Context[AccountService]) -> SpendCap:
+    async def get_spend_cap(ctx: Context[AccountRuntime]) -> SpendCap:
         return await account_of(ctx).spend_cap()
 
     @server.tool(
@@ -417,7 +531,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def set_spend_cap(
-        ctx: Context[AccountService],
+        ctx: Context[AccountRuntime],
         daily_cap: Annotated[
             StrictInt,
             Field(ge=1, le=1_000_000),
@@ -441,7 +555,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         ),
     )
     @tool_errors
-    async def clear_spend_cap(ctx: Context[AccountService]) -> SpendCapChange:
+    async def clear_spend_cap(ctx: Context[AccountRuntime]) -> SpendCapChange:
         return await account_of(ctx).clear_spend_cap()
 
     @server.tool(
@@ -455,7 +569,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def set_spend_alert(
-        ctx: Context[AccountService],
+        ctx: Context[AccountRuntime],
         kind: Annotated[
             str,
             Field(max_length=MAX_NAME_LENGTH),
@@ -486,7 +600,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @tool_errors
     async def delete_spend_alert(
-        ctx: Context[AccountService],
+        ctx: Context[AccountRuntime],
         name: Annotated[
             str,
             Field(max_length=MAX_NAME_LENGTH),
@@ -506,7 +620,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
         ),
     )
     @tool_errors
-    async def check_spend_alerts(ctx: Context[AccountService]) -> AlertCheck:
+    async def check_spend_alerts(ctx: Context[AccountRuntime]) -> AlertCheck:
         check = await account_of(ctx).check_alerts()
         await runtime.observe(check)
         for alert in check.alerts:
@@ -523,7 +637,8 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @resource_errors
     async def account_summary() -> str:
-        balance, usage = await runtime.service.balance(), await runtime.service.usage()
+        account = runtime.account()
+        balance, usage = await account.balance(), await account.usage()
         return AccountSummary(
             token=balance.token,
             as_of=balance.as_of,
@@ -545,7 +660,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     )
     @resource_errors
     async def account_alerts() -> str:
-        return (await runtime.service.check_alerts()).model_dump_json()
+        return (await runtime.account().check_alerts()).model_dump_json()
 
     @server.prompt(
         name="spend_review",
@@ -564,7 +679,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountService]:
     return server
 
 
-async def serve_stdio(server: MCPServer[AccountService]) -> None:
+async def serve_stdio(server: MCPServer[AccountRuntime]) -> None:
     """Serve over stdin/stdout, answering a line that is not JSON-RPC with a JSON-RPC error (the SDK drops it)."""
     async with stdio_server() as (read_stream, write_stream):
         send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)

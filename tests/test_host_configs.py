@@ -27,6 +27,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from pinned_npm import install_pinned, run_or_fail
+from replicas import replica_env, start_replica, stop
 from test_http import Served, serving
 
 from tensorfeed_mcp.cli import _parser
@@ -42,6 +43,7 @@ SECTIONS = {
     "Use it from Cursor": ["json"],
     "Use it from Codex": ["toml"],
     "Try it against the sandbox": ["sh"],
+    "Host it for a team": ["sh", "sh", "sh"],
 }
 """The README sections holding host configs, with the fence language of each block in them, in order."""
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -88,7 +90,7 @@ class ShellCommand:
 def shell_commands(block: str) -> list[ShellCommand]:
     """Each line of a shell block split as the shell would, leading NAME=value words taken as its environment."""
     commands = []
-    for line in block.splitlines():
+    for line in block.replace("\\\n", "").splitlines():  # a line ending in a backslash goes on
         words = shlex.split(line, comments=True)
         env: dict[str, str] = {}
         while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
@@ -350,3 +352,39 @@ def test_claude_code_connects_with_the_readme_http_line_and_not_without_its_secr
     assert listed_status(listing, add.name, url) == CONNECTED
     refused = listed_status(listing, f"{add.name}-wrong", url)
     assert refused.startswith("✘ Failed to connect") and "HTTP 401" in refused, refused
+
+
+def test_claude_code_connects_to_the_readme_hosted_server_with_the_users_token_and_not_without(
+    claude: ClaudeCode, sandbox: RunningSandbox, database_url: str, tmp_path: Path
+) -> None:
+    """The team section's serve line (on a free loopback port, its database a real PostgreSQL) and its
+    `claude mcp add` line with a demo token for the placeholder: connected; the same line without the header is
+    refused with a 401."""
+    install, serve = shell_commands(blocks("Host it for a team")[0])
+    assert install.words == ["pip", "install", "tensorfeed-mcp[hosted]"]
+    assert list(serve.env) == ["TENSORFEED_MCP_DATABASE_URL"]
+    assert serve.env["TENSORFEED_MCP_DATABASE_URL"].startswith("postgresql://")
+    args = serve.words[1:]
+    assert args[:4] == ["serve", "--transport", "streamable-http", "--multi-tenant"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    allowed = args[args.index("--allow-host") + 1]
+    (add_line,) = shell_commands(blocks("Host it for a team")[2])
+    add = claude_add(add_line)
+    assert (add.transport, add.headers) == ("http", {"Authorization": f"Bearer {PLACEHOLDER_TOKEN}"})
+    replica = start_replica(
+        replica_env(sandbox.api_url, database_url), tmp_path / "replica.log", "--allow-host", allowed
+    )
+    try:
+        home = tmp_path / "home"
+        header = f"Authorization: Bearer {PLACEHOLDER_TOKEN}"
+        with_token = {add.target[0]: replica.url, header: f"Authorization: Bearer {DEMO_TOKENS['busy']}"}
+        claude.run(substituted(add.words[1:], with_token), home)
+        bare = [word for word in add.words[1:] if word not in ("--header", header)]
+        claude.run(substituted(bare, {add.target[0]: replica.url, add.name: f"{add.name}-bare"}), home)
+        listing = claude.run(["mcp", "list"], home)
+    finally:
+        stop(replica)
+        read_recorded(replica.log)
+    assert listed_status(listing, add.name, replica.url) == CONNECTED
+    refused = listed_status(listing, f"{add.name}-bare", replica.url)
+    assert not refused.startswith(CONNECTED), refused

@@ -39,7 +39,9 @@ PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DIST_NAME = str(PYPROJECT["project"]["name"]).replace("-", "_")
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "server.schema.json"
 SCHEMA_SHA256 = "3fba09590c99f61735d234822279f4223fab9e300c0a81e81c91ab62a4114de0"
-SECRETS = {"TENSORFEED_TOKEN", "TENSORFEED_MCP_AUTH_TOKEN", "TENSORFEED_ALERT_WEBHOOK_URL"}
+SECRETS = {
+    *("TENSORFEED_TOKEN", "TENSORFEED_MCP_AUTH_TOKEN", "TENSORFEED_ALERT_WEBHOOK_URL", "TENSORFEED_MCP_DATABASE_URL"),
+}
 COMMAND_SECONDS = 300
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ENV_ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| (.*?) \| (.*) \|$", re.MULTILINE)

@@ -1,0 +1,275 @@
+"""Hosted replicas for tests and the benchmark: `tensorfeed-mcp serve --multi-tenant` subprocesses, a round-robin TCP
+proxy in front of them, and an MCP client that speaks for one tenant.
+
+Nothing here imports pytest or the test fixtures: a replica's output goes to a file, and the caller decides what to
+do with it (the tests record it for the token scan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+LISTENING = re.compile(r"tensorfeed-mcp listening on (http://\S+/mcp) \(multi-tenant\)")
+START_SECONDS = 20.0
+STOP_SECONDS = 30.0  # a drain waits for calls in flight, up to the upstream deadline
+SERVE = [sys.executable, "-m", "tensorfeed_mcp", "serve"]
+HOSTED = ("--transport", "streamable-http", "--multi-tenant")
+
+
+def replica_env(
+    api_url: str, database_url: str | None = None, state_dir: Path | None = None, **extra: str
+) -> dict[str, str]:
+    """This process's environment without any TENSORFEED setting, plus the sandbox's URL, the shared store
+    (PostgreSQL at `database_url`, else SQLite in `state_dir`) and `extra` variables."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TENSORFEED")}
+    env["TENSORFEED_API_URL"] = api_url
+    if database_url is not None:
+        env["TENSORFEED_MCP_DATABASE_URL"] = database_url
+    if state_dir is not None:
+        env["TENSORFEED_MCP_STATE_DIR"] = str(state_dir)
+    return env | extra
+
+
+@dataclass
+class Replica:
+    """A running replica: its MCP endpoint, and its stdout and stderr (merged) copied line by line to `log`."""
+
+    process: subprocess.Popen[str]
+    url: str
+    log: Path
+    _copier: threading.Thread
+
+    @property
+    def base_url(self) -> str:
+        """The server's root, where /healthz, /readyz and /metrics are."""
+        return self.url.removesuffix("/mcp")
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def terminate(self) -> int:
+        """SIGTERM (drain and exit), wait for the exit, and answer the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self._wait()
+
+    def kill(self) -> int:
+        """SIGKILL: the replica dies at once, as in a crash."""
+        self.process.kill()
+        return self._wait()
+
+    def output(self) -> str:
+        """Everything the replica printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def _wait(self) -> int:
+        code = self.process.wait(STOP_SECONDS)
+        self._copier.join(STOP_SECONDS)  # its output is complete once the pipe has ended
+        return code
+
+
+def _copy_output(stream: IO[str], log: Path, listening: list[str], ready: threading.Event) -> None:
+    """Copy the replica's output to `log` until it ends; note the URL of the listening line as soon as it is
+    printed, and set `ready` then (or at the end, when the replica exited without listening)."""
+    with log.open("w", encoding="utf-8") as copy:
+        for line in stream:
+            copy.write(line)
+            copy.flush()
+            match = LISTENING.search(line)
+            if match and not listening:
+                listening.append(match.group(1))
+                ready.set()
+    ready.set()
+
+
+def start_replica(env: dict[str, str], log: Path, *args: str) -> Replica:
+    """Start a replica (`args` added to its command line) on a free port of 127.0.0.1 and return once it is
+    listening; RuntimeError (with what it printed) when it exits or says nothing within START_SECONDS."""
+    process = subprocess.Popen(
+        [*SERVE, *HOSTED, "--port", "0", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
+    assert process.stdout is not None
+    listening: list[str] = []
+    ready = threading.Event()
+    copier = threading.Thread(target=_copy_output, args=(process.stdout, log, listening, ready), daemon=True)
+    copier.start()
+    ready.wait(START_SECONDS)
+    if not listening:
+        process.kill()
+        process.wait(STOP_SECONDS)
+        copier.join(STOP_SECONDS)
+        raise RuntimeError(f"the replica never said it was listening:\n{log.read_text(errors='replace')}")
+    return Replica(process, listening[0], log, copier)
+
+
+@contextmanager
+def running_replicas(env: dict[str, str], logs: Sequence[Path]) -> Iterator[list[Replica]]:
+    """One replica per log file, all started at once, for the block; those still running at the end are stopped
+    with SIGTERM (SIGKILL if one hangs)."""
+    with ThreadPoolExecutor(len(logs)) as pool:
+        starting = [pool.submit(start_replica, env, log) for log in logs]
+    started = [future.result() for future in starting if future.exception() is None]
+    try:
+        for future in starting:
+            future.result()  # raise the first failure to start, once the others are in `started`
+        yield started
+    finally:
+        for replica in started:
+            stop(replica)
+
+
+def stop(replica: Replica) -> None:
+    """SIGTERM, or SIGKILL when the replica does not exit in time; nothing when it has exited already."""
+    if replica.process.poll() is None:
+        try:
+            replica.terminate()
+        except subprocess.TimeoutExpired:
+            replica.kill()
+
+
+class RoundRobinProxy:
+    """A TCP proxy on 127.0.0.1 that sends each new connection to the next backend port in turn, skipping a
+    backend that refuses the connection (a dead replica). It runs its own event loop in a thread, so the tests'
+    loop and blocking calls never stall it. `served` counts the connections each backend port was given, `open`
+    those open now."""
+
+    def __init__(self, backends: Sequence[int]) -> None:
+        self.backends = list(backends)
+        self.served: Counter[int] = Counter()
+        self.open: Counter[int] = Counter()
+        self.port = 0
+        self._turn = itertools.cycle(range(len(self.backends)))
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
+
+    def url(self) -> str:
+        """The MCP endpoint through the proxy."""
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._started.wait(START_SECONDS):
+            raise RuntimeError("the proxy did not start")
+
+    def stop(self) -> None:
+        """Stop accepting, cut every open connection, and end the thread."""
+        stop = self._stop
+        if stop is not None:
+            self._loop.call_soon_threadsafe(stop.set)
+        self._thread.join(STOP_SECONDS)
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        connections: set[asyncio.Task[None]] = set()
+
+        async def accepted(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            connections.add(task)
+            try:
+                await self._forward(client_reader, client_writer)
+            finally:
+                connections.discard(task)
+
+        server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self._started.set()
+        async with server:
+            await self._stop.wait()
+            server.close()
+            for task in list(connections):
+                task.cancel()
+            await asyncio.gather(*connections, return_exceptions=True)
+
+    async def _forward(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            backend = await self._connect_next()
+            if backend is None:
+                return
+            port, backend_reader, backend_writer = backend
+            self.open[port] += 1
+            try:
+                await asyncio.gather(_pipe(client_reader, backend_writer), _pipe(backend_reader, client_writer))
+            finally:
+                backend_writer.close()
+                self.open[port] -= 1
+        finally:
+            client_writer.close()
+
+    async def _connect_next(self) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The port of the next backend that accepts a connection, and the connection; None when none does."""
+        for _ in self.backends:
+            port = self.backends[next(self._turn)]
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            self.served[port] += 1
+            return port, reader, writer
+        return None
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until the reader ends, then half-close the writer (HTTP without keep-alive ends that way); a reset
+    on either side closes the writer, which ends the other direction too."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except OSError:
+        writer.close()
+
+
+@contextmanager
+def running_proxy(backends: Sequence[int]) -> Iterator[RoundRobinProxy]:
+    proxy = RoundRobinProxy(backends)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@asynccontextmanager
+async def tenant_client(
+    url: str, token: str, mode: str, *, new_connection_each_request: bool = False
+) -> AsyncIterator[Client]:
+    """An MCP client that sends `token` as its bearer and caches no response, so every answer comes from a server.
+    With `new_connection_each_request`, no connection is kept alive: behind the proxy, requests alternate replicas."""
+    limits = httpx2.Limits(max_keepalive_connections=0) if new_connection_each_request else httpx2.Limits()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, limits=limits, timeout=httpx2.Timeout(30, read=300)) as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client,
+    ):
+        yield client

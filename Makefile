@@ -58,7 +58,7 @@ bundle: $(MCPB)
 	$(MCPB) validate manifest.json
 	$(MCPB) pack . tensorfeed-mcp.mcpb
 
-bench: $(VENV)/.installed-test chromium  # the dashboard's render time needs Playwright and Chromium
+bench: $(VENV)/.installed-test chromium postgres  # the dashboard's render needs Chromium; the hosted section PostgreSQL
 	$(BIN)/python -m bench
 
 clean:

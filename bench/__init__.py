@@ -1,1 +1,2 @@
-"""`make bench`: start-up, per-call overhead, burst load and memory, measured against the sandbox."""
+"""`make bench`: start-up, per-call overhead, burst load, memory, context cost, the ledger at scale and the hosted
+mode (many tenants over replicas), measured against the sandbox."""

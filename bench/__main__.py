@@ -18,16 +18,18 @@ import anyio
 import tensorfeed_mcp
 from bench import measurements
 from bench.context import context_cost
+from bench.hosted import hosted
 from bench.ledger import ledger_at_scale
 from bench.processes import sandbox, server_env
-from bench.report import context_section, ledger_section, render
+from bench.report import context_section, hosted_section, ledger_section, render
 
 ROOT = Path(__file__).resolve().parent.parent
 COLD_START_RUNS = 21
 PER_CALL_CALLS = 500
 BURST_CLIENTS, BURST_CALLS_EACH = 100, 10
 MEMORY_CALLS = 5000
-SECTIONS = ("cold_start", "per_call", "burst", "memory", "context", "ledger")
+SECTIONS = ("cold_start", "per_call", "burst", "memory", "context", "ledger", "hosted")
+RENDERED = {"context": context_section, "ledger": ledger_section, "hosted": hosted_section}  # printed as reported
 SAMPLE_KEYS = {"samples_s", "latencies_s"}  # left out when a selection's figures are printed
 
 
@@ -60,15 +62,19 @@ def run(sections: Sequence[str] = SECTIONS) -> dict[str, Any]:
             print("ledger at scale …", flush=True)
             with tempfile.TemporaryDirectory(prefix="tensorfeed-bench-ledger-") as ledger_state:
                 results["ledger"] = anyio.run(ledger_at_scale, sb, Path(ledger_state))
+        if "hosted" in sections:
+            print("hosted, many tenants …", flush=True)
+            with tempfile.TemporaryDirectory(prefix="tensorfeed-bench-hosted-") as hosted_state:
+                results["hosted"] = hosted(sb, Path(hosted_state))
     results["duration_s"] = time.perf_counter() - started
     return results
 
 
 def print_selection(results: dict[str, Any], sections: Sequence[str]) -> None:
-    """Print the selected sections: the context section as in the report, the others as JSON without samples."""
+    """Print the selected sections: those in RENDERED as in the report, the others as JSON without samples."""
     for section in sections:
-        if section in ("context", "ledger"):
-            print("\n".join((context_section if section == "context" else ledger_section)(results[section])))
+        if section in RENDERED:
+            print("\n".join(RENDERED[section](results[section])))
             continue
         for key in (section, "imports") if section == "cold_start" else (section,):
             figures = {name: value for name, value in results[key].items() if name not in SAMPLE_KEYS}

@@ -267,8 +267,8 @@ def hosted_section(hosted: dict[str, Any]) -> list[str]:
         "which depends far less than the figures above on what else the machine is running. The client is this",
         "benchmark's own process: every SDK client, and the proxy's thread. With two replicas it used "
         f"{cpu['client'] / sum(cpu.values()):.0%} of the",
-        "CPU time: profiling finds most of it in the SDK's work per client (a TLS context for each HTTP client, each",
-        "tool's output schema checked and compiled on its first call), which real hosts each pay once, elsewhere.",
+        "CPU time: profiling finds most of it in the SDK's work per client (each tool's output schema checked and",
+        "compiled on its first call), which real hosts each pay once, elsewhere.",
         "",
         "| setup | client | replicas | PostgreSQL | sandbox |",
         "|---|---|---|---|---|",

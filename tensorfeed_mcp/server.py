@@ -54,9 +54,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-if TYPE_CHECKING:
-    from tensorfeed_mcp.metrics import PrometheusTelemetry
-
 from tensorfeed_mcp import __version__
 from tensorfeed_mcp.account import MAX_HISTORY_DAYS, MAX_HOUR_DAYS, AccountService
 from tensorfeed_mcp.alerts import KINDS_HELP, MAX_NAME_LENGTH
@@ -82,6 +79,9 @@ from tensorfeed_mcp.models import (
 from tensorfeed_mcp.store import Store, open_store
 from tensorfeed_mcp.telemetry import NO_TELEMETRY, Telemetry
 from tensorfeed_mcp.tenants import TenantAccounts, TensorFeedTokenVerifier, current_tenant, request_token
+
+if TYPE_CHECKING:
+    from tensorfeed_mcp.metrics import PrometheusTelemetry  # the hosted extra's library: imported only when hosting
 
 logger = logging.getLogger(__name__)
 

@@ -314,6 +314,14 @@ def _database_url(environ: Mapping[str, str]) -> str | None:
     return raw
 
 
+def hosted_extra_missing(needed_for: str) -> ConfigurationError:
+    """The error for a feature whose libraries come with the `hosted` extra when they are not installed."""
+    return ConfigurationError(
+        f"{needed_for} needs the libraries of the hosted extra, which are not installed: "
+        "pip install 'tensorfeed-mcp[hosted]'."
+    )
+
+
 def mask_token(token: str) -> str:
     """The token as it may be shown: its first 12 and last 4 characters."""
     if len(token) <= 20:

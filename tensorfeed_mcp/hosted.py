@@ -15,7 +15,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
 from tensorfeed_mcp.errors import ConfigurationError, StateStoreError
 from tensorfeed_mcp.http_app import MAX_REQUEST_BODY_BYTES, transport_security
-from tensorfeed_mcp.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tensorfeed_mcp.server import AccountRuntime
 
 EXPECTED_BEARER = "'Authorization: Bearer tf_live_...' (tf_live_ followed by 64 hex characters)"
@@ -167,7 +166,7 @@ def build_hosted_app(
     metrics = runtime.metrics
     if metrics is None:
         raise RuntimeError("The hosted app needs a runtime opened with multi_tenant settings.")
-    operations = Operations(runtime, metrics.exposition, METRICS_CONTENT_TYPE)
+    operations = Operations(runtime, metrics.exposition, metrics.content_type)
     server.custom_route("/healthz", methods=["GET"])(operations.healthz)
     server.custom_route("/readyz", methods=["GET"])(operations.readyz)
     server.custom_route("/metrics", methods=["GET"])(operations.metrics)

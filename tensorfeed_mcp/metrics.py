@@ -10,11 +10,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tensorfeed_mcp.telemetry import CallOutcome
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-
 
 class PrometheusTelemetry:
     """Telemetry kept as Prometheus metrics in a registry of its own."""
+
+    content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, active_tenants: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()

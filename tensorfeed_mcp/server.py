@@ -58,7 +58,7 @@ from tensorfeed_mcp import __version__
 from tensorfeed_mcp.account import MAX_HISTORY_DAYS, MAX_HOUR_DAYS, AccountService
 from tensorfeed_mcp.alerts import KINDS_HELP, MAX_NAME_LENGTH
 from tensorfeed_mcp.client import TensorFeedClient, upstream_http_client
-from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
+from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, hosted_extra_missing, token_fingerprint
 from tensorfeed_mcp.errors import TensorFeedError, shown
 from tensorfeed_mcp.models import (
     DEFAULT_RECENT_LIMIT,
@@ -234,8 +234,10 @@ class AccountRuntime:
         self.metrics: PrometheusTelemetry | None = None
         self.telemetry: Telemetry = NO_TELEMETRY
         if settings.multi_tenant:  # only hosting needs the metrics library (the `hosted` extra)
-            from tensorfeed_mcp.metrics import PrometheusTelemetry
-
+            try:
+                from tensorfeed_mcp.metrics import PrometheusTelemetry
+            except ImportError:
+                raise hosted_extra_missing("--multi-tenant") from None
             self.metrics = self.telemetry = PrometheusTelemetry(self.active_tenants)
         own_token = settings.token if settings.token and TOKEN_PATTERN.fullmatch(settings.token) else None
         self.bus = TenantBus(token_fingerprint(own_token) if own_token else None)

@@ -575,3 +575,33 @@ async def test_one_tenant_may_hold_only_so_many_listen_streams_on_a_replica_and_
         async with other.listen(resource_subscriptions=[ALERTS_URI]):
             balance = await Caller(other).ok("get_account_balance")
     assert balance["balance"] == MIXED["mix-b"][0]
+
+
+@pytest.mark.parametrize(
+    ("library", "args", "extra", "named"),
+    [
+        ("prometheus_client", ["serve", *HOSTED], {}, "--multi-tenant"),
+        (
+            "psycopg",
+            ["check"],
+            {"TENSORFEED_TOKEN": TOKENS["busy"], "TENSORFEED_MCP_DATABASE_URL": "postgresql://tf@127.0.0.1:1/none"},
+            "PostgreSQL",
+        ),
+    ],
+)
+def test_without_the_hosted_extra_what_needs_it_says_how_to_install_it(
+    sandbox: RunningSandbox, tmp_path: Path, library: str, args: list[str], extra: dict[str, str], named: str
+) -> None:
+    """A plain install lacks the extra's libraries: the CLI runs with one of them made unimportable."""
+    without = f"import sys; sys.modules[{library!r}] = None; from tensorfeed_mcp.cli import main; sys.exit(main())"
+    done = subprocess.run(
+        [SERVE[0], "-c", without, *args],
+        env=replica_env(sandbox.api_url, state_dir=tmp_path) | extra,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    record(done.stdout + done.stderr)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert named in line and "pip install 'tensorfeed-mcp[hosted]'" in line, line

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
-from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.config import Settings, hosted_extra_missing
 from tensorfeed_mcp.errors import InvalidInputError
 from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.models import AlertRule, AlertStatus
@@ -175,7 +175,10 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
     """The store the settings name: PostgreSQL at TENSORFEED_MCP_DATABASE_URL, else the SQLite file in the state
     folder (found on first use). PostgreSQL's schema is migrated here, before anything is served."""
     if settings.database_url:
-        from tensorfeed_mcp.store.postgres import PostgresStore
+        try:
+            from tensorfeed_mcp.store.postgres import PostgresStore
+        except ImportError:
+            raise hosted_extra_missing("TENSORFEED_MCP_DATABASE_URL (PostgreSQL)") from None
 
         async with PostgresStore.open(settings.database_url) as store:
             yield store

@@ -108,6 +108,18 @@ class TenantGate:
             )
         elif not TOKEN_PATTERN.fullmatch(token):
             response = _unauthorised(f"The bearer is not a TensorFeed token; send {EXPECTED_BEARER}.")
+        elif scope["method"] == "GET":
+            # A replica keeps no sessions, so it has no standalone event stream to offer; without this the SDK's
+            # stateless mode would hold the GET open, silent, for as long as the client likes.
+            response = JSONResponse(
+                {
+                    "error": "method_not_allowed",
+                    "error_description": "This server keeps no sessions, so it offers no event stream on GET: send "
+                    "requests with POST, and listen for changes with subscriptions/listen (protocol 2026-07-28).",
+                },
+                status_code=405,
+                headers={"Allow": "POST"},
+            )
         else:
             wait = self._limiter.wait_seconds(token_fingerprint(token))
             if wait > 0:

@@ -386,5 +386,6 @@ def test_claude_code_connects_to_the_readme_hosted_server_with_the_users_token_a
         stop(replica)
         read_recorded(replica.log)
     assert listed_status(listing, add.name, replica.url) == CONNECTED
+    # Without the header Claude Code tries OAuth discovery on the server, finds none, and gives up.
     refused = listed_status(listing, f"{add.name}-bare", replica.url)
-    assert not refused.startswith(CONNECTED), refused
+    assert refused.startswith("✘ Failed to connect"), refused

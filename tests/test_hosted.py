@@ -605,3 +605,16 @@ def test_without_the_hosted_extra_what_needs_it_says_how_to_install_it(
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert named in line and "pip install 'tensorfeed-mcp[hosted]'" in line, line
+
+
+async def test_a_get_for_an_event_stream_is_refused_at_once_with_405_since_replicas_keep_no_sessions(
+    pair: list[Replica],
+) -> None:
+    headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {TOKENS['busy']}"}
+    async with httpx2.AsyncClient(timeout=DEADLINE_SECONDS) as http:
+        for era in ("2025-11-25", "2026-07-28", None):
+            versioned = headers | ({"MCP-Protocol-Version": era} if era else {})
+            response = await http.get(pair[0].url, headers=versioned)
+            record(response.text)
+            assert (response.status_code, response.headers["allow"]) == (405, "POST"), era
+            assert "subscriptions/listen" in response.json()["error_description"]

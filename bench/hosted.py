@@ -21,7 +21,7 @@ from tensorfeed_mcp.sandbox import SandboxControl, sandbox_token
 sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' PostgreSQL server and replicas
 
 from postgres import running_postgres
-from replicas import Replica, replica_env, running_proxy, running_replicas, tenant_client
+from replicas import ServerProcess, replica_env, running_proxy, running_replicas, tenant_client
 
 TENANTS = 200
 CONCURRENT_TENANTS = 50
@@ -179,7 +179,7 @@ def postgres_processes(port: int) -> list[int]:
 def measure(
     sb: Sandbox,
     setup: str,
-    replicas: Sequence[Replica],
+    replicas: Sequence[ServerProcess],
     url: str,
     tenants: Sequence[Tenant],
     servers: dict[str, list[int]],

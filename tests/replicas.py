@@ -30,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 _TLS = ssl.create_default_context()
 """One TLS context for every tenant client: each new one would cost tens of milliseconds (the URLs are plain http)."""
-LISTENING = re.compile(r"tensorfeed-mcp listening on (http://\S+/mcp) \(multi-tenant\)")
+LISTENING = re.compile(r"tensorfeed-mcp listening on (http://\S+)")
 START_SECONDS = 20.0
 STOP_SECONDS = 30.0  # a drain waits for calls in flight, up to the upstream deadline
 SERVE = [sys.executable, "-m", "tensorfeed_mcp", "serve"]
@@ -52,26 +52,28 @@ def replica_env(
 
 
 @dataclass
-class Replica:
-    """A running replica: its MCP endpoint, and its stdout and stderr (merged) copied line by line to `log`."""
+class ServerProcess:
+    """A running `tensorfeed-mcp serve` over HTTP (a replica, when hosted): its MCP endpoint, and its stdout and
+    stderr (merged) copied line by line to `log`."""
 
     process: subprocess.Popen[str]
     url: str
     log: Path
     _copier: threading.Thread
+    _final_output: str | None = None
 
     @property
     def base_url(self) -> str:
         """The server's root, where /healthz, /readyz and /metrics are."""
-        return self.url.removesuffix("/mcp")
+        return self.url.rsplit("/", 1)[0]
 
     @property
     def port(self) -> int:
         return int(self.base_url.rsplit(":", 1)[1])
 
-    def terminate(self) -> int:
-        """SIGTERM (drain and exit), wait for the exit, and answer the exit code."""
-        self.process.send_signal(signal.SIGTERM)
+    def terminate(self, signum: int = signal.SIGTERM) -> int:
+        """SIGTERM (drain and exit), or `signum`; wait for the exit, and answer the exit code."""
+        self.process.send_signal(signum)
         return self._wait()
 
     def kill(self) -> int:
@@ -80,12 +82,13 @@ class Replica:
         return self._wait()
 
     def output(self) -> str:
-        """Everything the replica printed so far."""
-        return self.log.read_text(errors="replace")
+        """Everything the server printed so far; once it has been stopped, all of it, even if `log` is gone."""
+        return self._final_output if self._final_output is not None else self.log.read_text(errors="replace")
 
     def _wait(self) -> int:
         code = self.process.wait(STOP_SECONDS)
         self._copier.join(STOP_SECONDS)  # its output is complete once the pipe has ended
+        self._final_output = self.log.read_text(errors="replace")
         return code
 
 
@@ -103,11 +106,16 @@ def _copy_output(stream: IO[str], log: Path, listening: list[str], ready: thread
     ready.set()
 
 
-def start_replica(env: dict[str, str], log: Path, *args: str) -> Replica:
-    """Start a replica (`args` added to its command line) on a free port of 127.0.0.1 and return once it is
-    listening; RuntimeError (with what it printed) when it exits or says nothing within START_SECONDS."""
+def start_replica(env: dict[str, str], log: Path, *args: str) -> ServerProcess:
+    """Start a hosted replica (`args` added to its command line) on a free port of 127.0.0.1; see start_server."""
+    return start_server([*SERVE, *HOSTED, "--port", "0", *args], env, log)
+
+
+def start_server(command: list[str], env: dict[str, str], log: Path) -> ServerProcess:
+    """Start `command` (a `tensorfeed-mcp serve` over HTTP) and return once it says it is listening; RuntimeError
+    (with what it printed) when it exits or says nothing within START_SECONDS."""
     process = subprocess.Popen(
-        [*SERVE, *HOSTED, "--port", "0", *args],
+        command,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -126,12 +134,12 @@ def start_replica(env: dict[str, str], log: Path, *args: str) -> Replica:
         process.kill()
         process.wait(STOP_SECONDS)
         copier.join(STOP_SECONDS)
-        raise RuntimeError(f"the replica never said it was listening:\n{log.read_text(errors='replace')}")
-    return Replica(process, listening[0], log, copier)
+        raise RuntimeError(f"the server never said it was listening:\n{log.read_text(errors='replace')}")
+    return ServerProcess(process, listening[0], log, copier)
 
 
 @contextmanager
-def running_replicas(env: dict[str, str], logs: Sequence[Path]) -> Iterator[list[Replica]]:
+def running_replicas(env: dict[str, str], logs: Sequence[Path]) -> Iterator[list[ServerProcess]]:
     """One replica per log file, all started at once, for the block; those still running at the end are stopped
     with SIGTERM (SIGKILL if one hangs)."""
     with ThreadPoolExecutor(len(logs)) as pool:
@@ -146,7 +154,7 @@ def running_replicas(env: dict[str, str], logs: Sequence[Path]) -> Iterator[list
             stop(replica)
 
 
-def stop(replica: Replica) -> None:
+def stop(replica: ServerProcess) -> None:
     """SIGTERM, or SIGKILL when the replica does not exit in time; nothing when it has exited already."""
     if replica.process.poll() is None:
         try:

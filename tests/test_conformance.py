@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from conftest import record, settings_for
 from pinned_npm import install_pinned, run_or_fail
-from test_http import Served, serving
+from replicas import ServerProcess
+from test_http import serving
 
 from tensorfeed_mcp.sandbox import RunningSandbox
 
@@ -140,7 +141,7 @@ def suite() -> Suite:
 
 
 @pytest.fixture(scope="module")
-def conformance_server(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def conformance_server(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One `tensorfeed-mcp serve --transport streamable-http` on the sandbox's busy account, for every scenario."""
     with serving(settings_for(sandbox, tmp_path_factory.mktemp("conformance-state"))) as served:
         yield served
@@ -156,15 +157,15 @@ def test_every_server_scenario_is_run_or_explained(suite: Suite) -> None:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_scenario_passes(suite: Suite, conformance_server: Served, scenario: str, tmp_path: Path) -> None:
+def test_scenario_passes(suite: Suite, conformance_server: ServerProcess, scenario: str, tmp_path: Path) -> None:
     """The suite exits 0 for the scenario and its checks.json holds at least one success and no failure."""
-    already = len(conformance_server.output)
+    already = len(conformance_server.output())
     url = conformance_server.url
     done = suite.run("server", "--url", url, "--scenario", scenario, "--output-dir", str(tmp_path), cwd=tmp_path)
     results = sorted(tmp_path.glob("*/checks.json"))
     checks: list[dict[str, Any]] = json.loads(results[0].read_text()) if results else []
     statuses = Counter(check.get("status") for check in checks)
-    server_output = "".join(conformance_server.output[already:])
+    server_output = conformance_server.output()[already:]
     report = ANSI.sub("", f"{done.stdout}{done.stderr}\n--- server output meanwhile ---\n{server_output}")
     exit_code = done.returncode
     assert exit_code == 0, f"the suite exited {exit_code} for {scenario}:\n{report}"

@@ -25,7 +25,7 @@ from mcp import Client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import LoggingMessageNotificationParams
-from test_http import INITIALIZE, MCP_HEADERS, clean_env, serving, wait_or_kill
+from test_http import INITIALIZE, MCP_HEADERS, clean_env, serving
 from test_sandbox import timestamps_in
 
 from tensorfeed_mcp.alerts import MAX_NAME_LENGTH, make_rule
@@ -240,7 +240,7 @@ async def test_slow_header_connections_are_closed_and_real_clients_get_through(
                 connection.close()
     assert balance == sandbox.control.account("busy")["balance"]
     assert still_open == []
-    output = served.text()
+    output = served.output()
     assert output.count(f"Refusing connections beyond {MAX_CONNECTIONS}") == 1
     assert len(output.splitlines()) < 40, output
 
@@ -374,8 +374,11 @@ def raw_stdio_server(settings: Settings, tmp_path: Path) -> Iterator[tuple[Calla
     try:
         yield send, answer
     finally:
-        stdin.close()
-        wait_or_kill(process)
+        stdin.close()  # the server exits at the end of its input
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
         reader.join(10)
         read_recorded(stderr)
 

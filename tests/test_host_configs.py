@@ -27,8 +27,8 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from pinned_npm import install_pinned, run_or_fail
-from replicas import replica_env, start_replica, stop
-from test_http import Served, serving
+from replicas import ServerProcess, replica_env, start_replica, stop
+from test_http import serving
 
 from tensorfeed_mcp.cli import _parser
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
@@ -236,7 +236,7 @@ async def test_the_host_block_starts_a_server_that_lists_the_tools_and_reads_the
 
 @dataclass(frozen=True)
 class HttpSetup:
-    served: Served
+    served: ServerProcess
     add: ClaudeAdd
 
 

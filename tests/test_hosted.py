@@ -35,8 +35,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from replicas import (
     HOSTED,
     SERVE,
-    Replica,
     RoundRobinProxy,
+    ServerProcess,
     replica_env,
     running_proxy,
     running_replicas,
@@ -97,7 +97,7 @@ def assert_own_answer(tool: str, answer: dict[str, Any], name: str, account: dic
 
 
 @contextmanager
-def recorded_replicas(env: dict[str, str], folder: Path, count: int) -> Iterator[list[Replica]]:
+def recorded_replicas(env: dict[str, str], folder: Path, count: int) -> Iterator[list[ServerProcess]]:
     """`count` replicas started at once; everything they printed is recorded for the token scan afterwards."""
     logs = [folder / f"replica-{number}.log" for number in range(count)]
     try:
@@ -173,7 +173,7 @@ async def events_now(subscription: Subscription) -> list[ServerEvent]:
     return events
 
 
-def tool_calls(replica: Replica) -> Counter[tuple[str, str]]:
+def tool_calls(replica: ServerProcess) -> Counter[tuple[str, str]]:
     """The replica's tensorfeed_mcp_tool_calls_total by (tool, outcome)."""
     counts: Counter[tuple[str, str]] = Counter()
     for family in text_string_to_metric_families(metrics_text(replica)):
@@ -183,7 +183,7 @@ def tool_calls(replica: Replica) -> Counter[tuple[str, str]]:
     return counts
 
 
-def metrics_text(replica: Replica) -> str:
+def metrics_text(replica: ServerProcess) -> str:
     response = httpx2.get(replica.base_url + "/metrics", timeout=DEADLINE_SECONDS)
     assert response.status_code == 200
     record(response.text)
@@ -199,7 +199,7 @@ def shared_database(postgres_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def pair(
     sandbox: RunningSandbox, shared_database: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[Replica]]:
+) -> Iterator[list[ServerProcess]]:
     """Two replicas started at the same moment on an empty database, caching for longer than any test here runs.
     The mixed accounts are made first, so no replica can have cached them before their calls."""
     for name, (balance, cap) in MIXED.items():
@@ -211,13 +211,13 @@ def pair(
 
 
 @pytest.fixture(scope="module")
-def proxy(pair: list[Replica]) -> Iterator[RoundRobinProxy]:
+def proxy(pair: list[ServerProcess]) -> Iterator[RoundRobinProxy]:
     with running_proxy([replica.port for replica in pair]) as running:
         yield running
 
 
 def test_replicas_started_at_once_on_an_empty_database_migrate_it_once(
-    pair: list[Replica], shared_database: str
+    pair: list[ServerProcess], shared_database: str
 ) -> None:
     for replica in pair:
         ready = httpx2.get(replica.base_url + "/readyz", timeout=DEADLINE_SECONDS)
@@ -244,7 +244,7 @@ async def test_tenants_interleaved_through_the_proxy_each_get_their_own_account(
 
 
 async def test_forty_tenants_at_once_over_both_replicas_never_get_another_tenants_answer(
-    sandbox: RunningSandbox, pair: list[Replica]
+    sandbox: RunningSandbox, pair: list[ServerProcess]
 ) -> None:
     """Tenant i calls replica i % 2 in era (i // 2) % 2. The second round comes from the replicas' caches, all of
     it, and still every answer is the caller's own."""
@@ -282,7 +282,7 @@ async def test_forty_tenants_at_once_over_both_replicas_never_get_another_tenant
 
 
 async def test_an_alert_rule_set_through_one_replica_is_evaluated_by_the_other(
-    sandbox: RunningSandbox, pair: list[Replica]
+    sandbox: RunningSandbox, pair: list[ServerProcess]
 ) -> None:
     sandbox.control.create_account("rules-x", 500)
     a, b = pair
@@ -301,7 +301,7 @@ async def test_an_alert_rule_set_through_one_replica_is_evaluated_by_the_other(
 
 
 async def test_a_transition_seen_by_one_replica_reaches_that_tenants_listeners_on_the_other_only(
-    sandbox: RunningSandbox, pair: list[Replica]
+    sandbox: RunningSandbox, pair: list[ServerProcess]
 ) -> None:
     control = sandbox.control
     a, b = pair
@@ -416,7 +416,7 @@ async def test_sigterm_finishes_the_call_in_flight_is_never_ready_again_and_exit
 
 
 async def test_a_request_without_a_tensorfeed_bearer_gets_a_401_that_says_what_to_send(
-    sandbox: RunningSandbox, pair: list[Replica]
+    sandbox: RunningSandbox, pair: list[ServerProcess]
 ) -> None:
     token = TOKENS["busy"]
     refused: list[dict[str, str]] = [
@@ -468,7 +468,7 @@ async def test_a_tenant_over_its_rate_gets_429_with_retry_after_while_another_is
         assert "tensorfeed_mcp_rate_limited_requests_total 1.0" in metrics_text(replica)
 
 
-async def test_metrics_count_tool_calls_per_tool_and_name_no_tenant(pair: list[Replica]) -> None:
+async def test_metrics_count_tool_calls_per_tool_and_name_no_tenant(pair: list[ServerProcess]) -> None:
     replica = pair[0]
     planned = {"get_account_balance": 3, "get_spend_cap": 2, "get_account_usage": 1}
     before = tool_calls(replica)
@@ -493,7 +493,7 @@ async def test_metrics_count_tool_calls_per_tool_and_name_no_tenant(pair: list[R
 
 
 async def test_a_2025_subscription_is_refused_with_the_way_to_listen_and_the_server_keeps_answering(
-    sandbox: RunningSandbox, pair: list[Replica]
+    sandbox: RunningSandbox, pair: list[ServerProcess]
 ) -> None:
     async with callers(pair[1].url, ["low"], "legacy") as by_name:
         client: Client = by_name["low"].client
@@ -560,7 +560,7 @@ async def test_json_logs_put_every_line_after_the_listening_line_in_one_object(
 
 
 async def test_one_tenant_may_hold_only_so_many_listen_streams_on_a_replica_and_others_still_listen(
-    pair: list[Replica],
+    pair: list[ServerProcess],
 ) -> None:
     replica = pair[1]
     async with AsyncExitStack() as stack:
@@ -608,7 +608,7 @@ def test_without_the_hosted_extra_what_needs_it_says_how_to_install_it(
 
 
 async def test_a_get_for_an_event_stream_is_refused_at_once_with_405_since_replicas_keep_no_sessions(
-    pair: list[Replica],
+    pair: list[ServerProcess],
 ) -> None:
     headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {TOKENS['busy']}"}
     async with httpx2.AsyncClient(timeout=DEADLINE_SECONDS) as http:

@@ -9,16 +9,14 @@ response body or in the server's output (its access log included).
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import threading
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 import httpx2
@@ -28,14 +26,13 @@ from mcp import Client, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
+from replicas import ServerProcess, start_server, stop
 
 from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
 
 pytestmark = pytest.mark.anyio
 
-LISTENING = re.compile(r"tensorfeed-mcp listening on (http://\S+)")
-STARTUP_SECONDS = 20.0
 SHUTDOWN_SECONDS = 5.0
 SECRET = "http-test-secret-" + "5a" * 16
 FILE_SECRET = "file-test-secret-" + "c3" * 16
@@ -66,80 +63,28 @@ class RecordingCaller(Caller):
         return result
 
 
-@dataclass
-class Served:
-    process: subprocess.Popen[str]
-    url: str
-    output: list[str]
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
-
-    def text(self) -> str:
-        return "".join(self.output)
-
-
-def _drain(stream: TextIO, lines: list[str], found: list[str], ready: threading.Event) -> None:
-    """Read the server's output line by line until it ends; note the listening URL as soon as it is printed."""
-    for line in stream:
-        lines.append(line)
-        match = LISTENING.search(line)
-        if match and not found:
-            found.append(match.group(1))
-            ready.set()
-    ready.set()  # the output ended: the server exited without listening
-
-
 def clean_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     base = {key: value for key, value in os.environ.items() if not key.startswith("TENSORFEED")}
     return {**base, **server_env(settings), **(extra or {})}
 
 
-def wait_or_kill(process: subprocess.Popen[Any]) -> None:
-    """Wait up to 10 s for `process` to exit, then kill it."""
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-
-
 @contextmanager
 def serving(
     settings: Settings, transport: str = "streamable-http", *args: str, env: dict[str, str] | None = None
-) -> Iterator[Served]:
+) -> Iterator[ServerProcess]:
     """Run `tensorfeed-mcp serve` on a free port until the block ends; its output is recorded afterwards."""
-    process = subprocess.Popen(
-        [console_script(), "serve", "--transport", transport, "--port", "0", *args],
-        env=clean_env(settings, env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    found: list[str] = []
-    ready = threading.Event()
-    reader = threading.Thread(target=_drain, args=(process.stdout, lines, found, ready), daemon=True)
-    reader.start()
-    try:
-        ready.wait(STARTUP_SECONDS)
-        assert found, f"the server never said it was listening:\n{''.join(lines)}"
-        yield Served(process, found[0], lines)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        wait_or_kill(process)
-        reader.join(10)
-        seen("".join(lines))
+    command = [console_script(), "serve", "--transport", transport, "--port", "0", *args]
+    with tempfile.TemporaryDirectory(prefix="tensorfeed-serve-") as folder:
+        served = start_server(command, clean_env(settings, env), Path(folder) / "server.log")
+        try:
+            yield served
+        finally:
+            stop(served)
+            seen(served.output())
 
 
 @pytest.fixture(scope="module")
-def http_server(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def http_server(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One streamable-HTTP server for the module, with the default 5 s cache and one extra allowed Host name."""
     settings = settings_for(sandbox, tmp_path_factory.mktemp("http-state"), cache_seconds=5.0)
     with serving(settings, "streamable-http", "--allow-host", ALLOWED_HOST) as served:
@@ -188,7 +133,7 @@ async def exercise_every_tool(caller: Caller, sandbox: RunningSandbox, alert_nam
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_every_tool_over_streamable_http(http_server: Served, sandbox: RunningSandbox, mode: str) -> None:
+async def test_every_tool_over_streamable_http(http_server: ServerProcess, sandbox: RunningSandbox, mode: str) -> None:
     assert http_server.url == f"http://127.0.0.1:{http_server.port}/mcp"
     async with Client(http_server.url, mode=mode) as client:
         assert (client.protocol_version == "2026-07-28") == (mode != "legacy")
@@ -256,7 +201,7 @@ async def test_a_bearer_secret_from_the_environment_guards_every_request(
             async with client_with_secret(served.url, SECRET, mode) as client:
                 balance = await RecordingCaller(client).ok("get_account_balance")
             assert balance["balance"] == sandbox.control.account("busy")["balance"]
-    assert SECRET not in served.text()
+    assert SECRET not in served.output()
 
 
 async def test_a_bearer_secret_from_a_file(sandbox: RunningSandbox, tmp_path: Path) -> None:
@@ -270,7 +215,7 @@ async def test_a_bearer_secret_from_a_file(sandbox: RunningSandbox, tmp_path: Pa
         async with client_with_secret(served.url, FILE_SECRET, "legacy") as client:
             spend_cap = await RecordingCaller(client).ok("get_spend_cap")
         assert spend_cap["daily_cap"] == sandbox.control.account("busy")["daily_cap"]
-    assert FILE_SECRET not in served.text()
+    assert FILE_SECRET not in served.output()
 
 
 @pytest.mark.parametrize(
@@ -297,7 +242,7 @@ def test_a_non_loopback_bind_without_a_secret_is_refused(
     assert elapsed < 15  # it stops at the check, well before serving anything
 
 
-async def test_forged_host_and_origin_headers_are_refused(http_server: Served) -> None:
+async def test_forged_host_and_origin_headers_are_refused(http_server: ServerProcess) -> None:
     port = http_server.port
     cases: list[tuple[dict[str, str], int]] = [
         ({}, 200),
@@ -332,18 +277,17 @@ async def test_a_signal_stops_the_server_promptly_even_with_a_client_connected(
         async with Client(served.url, mode="legacy") as client:  # legacy keeps a GET event stream open
             await RecordingCaller(client).ok("get_account_balance")
             started = time.monotonic()
-            served.process.send_signal(signum)
-            returncode = await anyio.to_thread.run_sync(served.process.wait, 10.0)
+            returncode = await anyio.to_thread.run_sync(served.terminate, signum)
             elapsed = time.monotonic() - started
     assert elapsed < SHUTDOWN_SECONDS
-    assert returncode in (0, -signum)  # uvicorn re-raises the signal after a graceful shutdown
-    assert "Traceback" not in served.text()
+    assert returncode == 0
+    assert "Traceback" not in served.output()
 
 
-def test_no_token_in_any_response_body_or_server_output(http_server: Served) -> None:
+def test_no_token_in_any_response_body_or_server_output(http_server: ServerProcess) -> None:
     """Runs last in this module: the access logs and bodies of every server above carry no token."""
-    assert '"POST /mcp HTTP/1.1" 200' in http_server.text()  # the access log is on, so the check means something
-    everything = "\n".join([*SEEN, http_server.text()])
+    assert '"POST /mcp HTTP/1.1" 200' in http_server.output()  # the access log is on, so the check means something
+    everything = "\n".join([*SEEN, http_server.output()])
     assert len(SEEN) > 20
     for token in DEMO_TOKENS.values():
         assert token not in everything

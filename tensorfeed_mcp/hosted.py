@@ -150,7 +150,9 @@ class Operations:
         self.draining = False
 
     def start_draining(self) -> None:
+        """Fail readiness from now on, and end the listen streams (their clients listen again on another replica)."""
         self.draining = True
+        self._runtime.end_listen_streams()
 
     async def healthz(self, _request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -161,8 +161,9 @@ def build_http_app(
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server that first tells `on_exit` (which fails readiness) when SIGTERM or SIGINT arrives; uvicorn
-    then stops accepting connections and lets requests in flight finish within the grace period."""
+    """uvicorn's server that first calls `on_exit` (which ends listen streams and, hosted, fails readiness) when
+    SIGTERM or SIGINT arrives; uvicorn then stops accepting connections and lets requests in flight finish within
+    the grace period."""
 
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
@@ -184,7 +185,7 @@ async def serve_http(
 ) -> None:
     """Listen until SIGINT or SIGTERM; the store and account clients are opened once for the process."""
     settings = runtime.settings
-    on_exit: Callable[[], None] = lambda: None  # noqa: E731
+    on_exit = runtime.end_listen_streams
     if settings.multi_tenant:
         from tensorfeed_mcp.hosted import build_hosted_app
 

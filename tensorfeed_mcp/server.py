@@ -23,7 +23,7 @@ from mcp.server.mcpserver.exceptions import MCPServerError, ResourceError, ToolE
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.session import ServerSession
 from mcp.server.stdio import stdio_server
-from mcp.server.subscriptions import ServerEvent
+from mcp.server.subscriptions import ListenHandler, ServerEvent
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import SessionMessage
 from mcp.shared.subscriptions import ResourceUpdated
@@ -39,6 +39,7 @@ from mcp.types import (
     LoggingLevel,
     SetLevelRequestParams,
     SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
     TextContent,
     ToolAnnotations,
     UnsubscribeRequestParams,
@@ -241,6 +242,7 @@ class AccountRuntime:
             self.metrics = self.telemetry = PrometheusTelemetry(self.active_tenants)
         own_token = settings.token if settings.token and TOKEN_PATTERN.fullmatch(settings.token) else None
         self.bus = TenantBus(token_fingerprint(own_token) if own_token else None)
+        self.listen = ListenHandler(self.bus)  # serves subscriptions/listen; end_listen_streams closes its streams
         self.store: Store | None = None
         self._service: AccountService | None = None
         self._tenants: TenantAccounts | None = None
@@ -279,6 +281,11 @@ class AccountRuntime:
         if self._service is None:
             raise RuntimeError("The account service is not open yet.")
         return self._service
+
+    def end_listen_streams(self) -> None:
+        """End every open listen stream gracefully (each gets its final result, so its client listens again
+        elsewhere), so that a stopping server need not wait for them."""
+        self.listen.close()
 
     def active_tenants(self) -> int:
         """Tenants with a request in the last few minutes (hosted mode), else 0."""
@@ -444,7 +451,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountRuntime]:
         version=__version__,
         website_url="https://tensorfeed.ai",
         lifespan=runtime.lifespan,
-        subscriptions=runtime.bus,
+        subscriptions=False,  # served below by the runtime's own ListenHandler, which it can close
         log_level="WARNING",
         extensions=[dashboard_app()],
         # Hosted: each request's bearer is the tenant's own TensorFeed token, issued by the service itself; there
@@ -459,6 +466,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountRuntime]:
     lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, runtime.unsubscribe)
     # Registering the handler is what declares the logging capability, which a server that sends logs must.
     lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, runtime.set_log_level)
+    lowlevel.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, runtime.listen)
 
     @server.tool(
         title="Account usage",

@@ -375,15 +375,21 @@ async def test_a_replica_killed_mid_call_costs_a_client_one_retry_and_loses_noth
     assert tenant.retries == 1
 
 
-async def test_sigterm_finishes_the_call_in_flight_is_never_ready_again_and_exits_0(
+async def test_sigterm_finishes_the_call_in_flight_ends_listen_streams_is_never_ready_again_and_exits_0(
     sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
+    """An open listen stream does not hold the drain up: it is ended (gracefully, so its client listens again
+    elsewhere) and the replica exits well within its grace period (the upstream deadline, 21 s here)."""
     env = replica_env(sandbox.api_url, state_dir=tmp_path, TENSORFEED_CACHE_SECONDS="0")
     with recorded_replicas(env, tmp_path, 1) as [replica]:
         ready = httpx2.get(replica.base_url + "/readyz", timeout=DEADLINE_SECONDS)
         assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
         expected = sandbox.control.account("busy")["balance"]
-        async with callers(replica.url, ["busy"], "2026-07-28") as by_name:
+        async with (
+            callers(replica.url, ["busy"], "2026-07-28") as by_name,
+            tenant_client(replica.url, TOKENS["new"], "2026-07-28") as listener,
+            listener.listen(resource_subscriptions=[ALERTS_URI]) as stream,
+        ):
             caller = by_name["busy"]
             await caller.schemas()  # so the call's result needs no further request to validate
             sandbox.control.set_fault("slow", count=1, delay_seconds=2)
@@ -391,12 +397,19 @@ async def test_sigterm_finishes_the_call_in_flight_is_never_ready_again_and_exit
             answers: list[dict[str, Any]] = []
             readiness: list[tuple[int, str]] = []
             refused_while_in_flight = False
+            stream_ended = anyio.Event()
 
             async def call() -> None:
                 answers.append(await caller.ok("get_account_balance"))
 
+            async def listen() -> None:
+                async for _ in stream:
+                    pass
+                stream_ended.set()
+
             probe = httpx2.AsyncClient(timeout=DEADLINE_SECONDS, limits=httpx2.Limits(max_keepalive_connections=0))
             async with anyio.create_task_group() as group, probe:
+                group.start_soon(listen)
                 group.start_soon(call)
                 await eventually(lambda: True if sandbox.control.upstream_requests() > upstream_before else None)
                 replica.process.send_signal(signal.SIGTERM)
@@ -408,6 +421,7 @@ async def test_sigterm_finishes_the_call_in_flight_is_never_ready_again_and_exit
                             refused_while_in_flight = not answers
                             break
                         readiness.append((response.status_code, response.text))
+                    await stream_ended.wait()
         code = await anyio.to_thread.run_sync(replica.process.wait, DEADLINE_SECONDS)
     assert answers[0]["balance"] == expected
     assert set(readiness) <= {(503, '{"status":"draining"}')}  # never ready again once told to stop

@@ -173,14 +173,19 @@ async def events_now(subscription: Subscription) -> list[ServerEvent]:
     return events
 
 
-def tool_calls(replica: ServerProcess) -> Counter[tuple[str, str]]:
-    """The replica's tensorfeed_mcp_tool_calls_total by (tool, outcome)."""
-    counts: Counter[tuple[str, str]] = Counter()
+def samples(replica: ServerProcess, name: str, *labels: str) -> Counter[tuple[str, ...]]:
+    """The replica's samples of metric `name`, by the values of `labels`."""
+    counts: Counter[tuple[str, ...]] = Counter()
     for family in text_string_to_metric_families(metrics_text(replica)):
         for sample in family.samples:
-            if sample.name == "tensorfeed_mcp_tool_calls_total":
-                counts[(sample.labels["tool"], sample.labels["outcome"])] = int(sample.value)
+            if sample.name == name:
+                counts[tuple(sample.labels[label] for label in labels)] = int(sample.value)
     return counts
+
+
+def tool_calls(replica: ServerProcess) -> Counter[tuple[str, ...]]:
+    """The replica's tensorfeed_mcp_tool_calls_total by (tool, outcome)."""
+    return samples(replica, "tensorfeed_mcp_tool_calls_total", "tool", "outcome")
 
 
 def metrics_text(replica: ServerProcess) -> str:
@@ -483,9 +488,12 @@ async def test_a_tenant_over_its_rate_gets_429_with_retry_after_while_another_is
 
 
 async def test_metrics_count_tool_calls_per_tool_and_name_no_tenant(pair: list[ServerProcess]) -> None:
+    """Also the other families: the second balance read of `new` within the cache window is a cache hit, the
+    upstream latency histogram has counted requests, and both tenants are active."""
     replica = pair[0]
     planned = {"get_account_balance": 3, "get_spend_cap": 2, "get_account_usage": 1}
     before = tool_calls(replica)
+    hits_before = samples(replica, "tensorfeed_mcp_cache_hits_total", "path")
     async with callers(replica.url, ["new", "mix-b"], "2026-07-28") as by_name:
         for tool, times in planned.items():
             for number in range(times):
@@ -500,6 +508,10 @@ async def test_metrics_count_tool_calls_per_tool_and_name_no_tenant(pair: list[S
             ("unknown", "error"): 1,
         }
     )
+    hits = samples(replica, "tensorfeed_mcp_cache_hits_total", "path") - hits_before
+    assert hits[("payment/balance",)] >= 1
+    assert sum(samples(replica, "tensorfeed_mcp_upstream_request_seconds_count").values()) > 0
+    assert samples(replica, "tensorfeed_mcp_active_tenants")[()] >= 2
     text = metrics_text(replica)
     for token in TOKENS.values():
         for form in (token, token[8:], token_fingerprint(token), masked(token), token[:12]):

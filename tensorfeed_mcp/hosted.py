@@ -50,24 +50,21 @@ def _unauthorised(description: str) -> Response:
     return JSONResponse(
         {"error": "invalid_token", "error_description": description},
         status_code=401,
-        headers={
-            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description.replace(chr(34), "")}"'
-        },
+        headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'},
     )
 
 
 class RateLimiter:
     """A token bucket per tenant: `per_minute` requests a minute, in bursts of up to that many."""
 
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: int) -> None:
         self._capacity = float(per_minute)
         self._rate = per_minute / 60.0
-        self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
 
     def wait_seconds(self, tenant: str) -> float:
         """0 when the request may go now (and it is counted), else how long until it could."""
-        now = self._clock()
+        now = time.monotonic()
         tokens, at = self._buckets.get(tenant, (self._capacity, now))
         tokens = min(self._capacity, tokens + (now - at) * self._rate)
         if tokens < 1:
@@ -95,23 +92,27 @@ class TenantGate:
         self._on_limited = on_limited
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/mcp"):
-            await self._app(scope, receive, send)
+        refusal = self._refusal(scope) if scope["type"] == "http" and scope["path"].startswith("/mcp") else None
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
+        await self._app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> Response | None:
+        """The answer for a request that may not go on, or None."""
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         token = token.strip()
-        response: Response | None = None
         if scheme.lower() != "bearer" or not token:
-            response = _unauthorised(
+            return _unauthorised(
                 f"This server serves many TensorFeed accounts: send your own token as {EXPECTED_BEARER}."
             )
-        elif not TOKEN_PATTERN.fullmatch(token):
-            response = _unauthorised(f"The bearer is not a TensorFeed token; send {EXPECTED_BEARER}.")
-        elif scope["method"] == "GET":
+        if not TOKEN_PATTERN.fullmatch(token):
+            return _unauthorised(f"The bearer is not a TensorFeed token; send {EXPECTED_BEARER}.")
+        if scope["method"] == "GET":
             # A replica keeps no sessions, so it has no standalone event stream to offer; without this the SDK's
             # stateless mode would hold the GET open, silent, for as long as the client likes.
-            response = JSONResponse(
+            return JSONResponse(
                 {
                     "error": "method_not_allowed",
                     "error_description": "This server keeps no sessions, so it offers no event stream on GET: send "
@@ -120,23 +121,19 @@ class TenantGate:
                 status_code=405,
                 headers={"Allow": "POST"},
             )
-        else:
-            wait = self._limiter.wait_seconds(token_fingerprint(token))
-            if wait > 0:
-                self._on_limited()
-                retry_after = max(1, math.ceil(wait))
-                response = JSONResponse(
-                    {
-                        "error": "rate_limited",
-                        "error_description": f"Too many requests for this token; try again in {retry_after} s.",
-                    },
-                    status_code=429,
-                    headers={"Retry-After": str(retry_after)},
-                )
-        if response is not None:
-            await response(scope, receive, send)
-            return
-        await self._app(scope, receive, send)
+        wait = self._limiter.wait_seconds(token_fingerprint(token))
+        if wait <= 0:
+            return None
+        self._on_limited()
+        retry_after = max(1, math.ceil(wait))
+        return JSONResponse(
+            {
+                "error": "rate_limited",
+                "error_description": f"Too many requests for this token; try again in {retry_after} s.",
+            },
+            status_code=429,
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 class Operations:

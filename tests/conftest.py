@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import jsonschema
 import pytest
 from mcp import Client, StdioServerParameters
@@ -35,6 +36,19 @@ TOOL_NAMES = {
     *("get_spend_cap", "set_spend_cap", "clear_spend_cap"),
     *("set_spend_alert", "delete_spend_alert", "check_spend_alerts"),
 }
+
+
+def masked(token: str) -> str:
+    """A token as the server may show it: its first 12 and last 4 characters (worked out here, not by the code
+    under test)."""
+    return f"{token[:12]}…{token[-4:]}"
+
+
+async def eventually(condition: Callable[[], bool], within: float) -> None:
+    """Wait until `condition` holds, checking often; fail after `within` seconds."""
+    with anyio.fail_after(within):
+        while not condition():
+            await anyio.sleep(0.01)
 
 
 def record(text: object) -> None:

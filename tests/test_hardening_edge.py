@@ -20,7 +20,7 @@ import anyio
 import httpx2
 import pytest
 import uvicorn
-from conftest import Caller, console_script, read_recorded, record, settings_for, stdio_params
+from conftest import Caller, console_script, eventually, read_recorded, record, settings_for, stdio_params
 from mcp import Client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -64,13 +64,6 @@ async def stdio_client_of(
                 yield client
     finally:
         read_recorded(stderr)
-
-
-async def eventually(condition: Callable[[], bool], within: float) -> None:
-    """Wait until `condition` holds, checking often; fail after `within` seconds."""
-    with anyio.fail_after(within):
-        while not condition():
-            await anyio.sleep(0.05)
 
 
 def assert_in_our_words(message: str) -> None:

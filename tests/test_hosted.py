@@ -14,17 +14,17 @@ import signal
 import subprocess
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import httpx2
 import psycopg
 import pytest
-from conftest import MODES, WATCHED_TOKENS, Caller, read_recorded, record
+from conftest import MODES, WATCHED_TOKENS, Caller, eventually, masked, read_recorded, record
 from mcp import Client
 from mcp.client.subscriptions import Subscription
 from mcp.server.subscriptions import ServerEvent
@@ -50,7 +50,6 @@ from tensorfeed_mcp.store.postgres import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 
-T = TypeVar("T")
 ALERTS_URI = "tensorfeed://account/alerts"
 READS = ("get_account_balance", "get_account_usage", "get_spend_cap", "check_spend_alerts")
 ENDPOINT = "/api/premium/agents/directory"
@@ -68,10 +67,6 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 OTHER_NAMES = ("rules-x", "listen-x", "listen-y", "survivor", "refused")
 TOKENS = {name: sandbox_token(name) for name in (*DEMO_TOKENS, *MIXED, *MANY, *OTHER_NAMES)}
 WATCHED_TOKENS.extend(token for token in TOKENS.values() if token not in WATCHED_TOKENS)
-
-
-def masked(token: str) -> str:
-    return f"{token[:12]}…{token[-4:]}"
 
 
 def own_values(tool: str, account: dict[str, Any]) -> dict[str, Any]:
@@ -106,14 +101,6 @@ def recorded_replicas(env: dict[str, str], folder: Path, count: int) -> Iterator
     finally:
         for log in logs:
             read_recorded(log)
-
-
-async def eventually(condition: Callable[[], T | None], seconds: float = DEADLINE_SECONDS) -> T:
-    """Poll `condition` until it gives something other than None; TimeoutError after `seconds`."""
-    with anyio.fail_after(seconds):
-        while (value := condition()) is None:
-            await anyio.sleep(0.01)
-    return value
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -363,7 +350,7 @@ async def test_a_replica_killed_mid_call_costs_a_client_one_retry_and_loses_noth
 
         async with anyio.create_task_group() as group:
             group.start_soon(call)
-            await eventually(lambda: True if control.upstream_requests() > upstream_before else None)
+            await eventually(lambda: control.upstream_requests() > upstream_before, within=DEADLINE_SECONDS)
             [holder] = [port for port, count in proxy.open.items() if count]
             [victim] = [replica for replica in pair if replica.port == holder]
             assert victim.kill() == -signal.SIGKILL
@@ -416,7 +403,7 @@ async def test_sigterm_finishes_the_call_in_flight_ends_listen_streams_is_never_
             async with anyio.create_task_group() as group, probe:
                 group.start_soon(listen)
                 group.start_soon(call)
-                await eventually(lambda: True if sandbox.control.upstream_requests() > upstream_before else None)
+                await eventually(lambda: sandbox.control.upstream_requests() > upstream_before, within=DEADLINE_SECONDS)
                 replica.process.send_signal(signal.SIGTERM)
                 with anyio.fail_after(DEADLINE_SECONDS):
                     while True:  # a new connection each time, until the listener is closed

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODES, TOOL_NAMES, Caller, in_memory, record, settings_for
+from conftest import MODES, TOOL_NAMES, Caller, in_memory, masked, record, settings_for
 from mcp.types import TextResourceContents
 
 from tensorfeed_mcp import __version__
@@ -20,11 +20,6 @@ pytestmark = pytest.mark.anyio
 
 def when(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def masked(account: str) -> str:
-    token = DEMO_TOKENS[account]
-    return f"{token[:12]}…{token[-4:]}"
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -66,7 +61,7 @@ async def test_balance_matches_the_account(sandbox: RunningSandbox, tmp_path: Pa
     assert when(balance["last_used"]) == when(account["last_used"])
     assert balance["usd_estimate"]["amount_usd"] == pytest.approx(1840 * 0.02)
     assert "estimate" in balance["usd_estimate"]["note"].lower()
-    assert balance["token"] == masked("busy")
+    assert balance["token"] == masked(DEMO_TOKENS["busy"])
     assert abs(when(balance["as_of"]) - sandbox.control.now()) < timedelta(seconds=5)
 
 
@@ -189,7 +184,7 @@ async def test_a_new_account_has_empty_usage_and_no_cap(sandbox: RunningSandbox,
     assert usage["window_start"] is None and usage["buffer_full"] is False
     assert (cap["daily_cap"], cap["remaining"], cap["daily_spent"]) == (None, None, 0)
     assert balance["balance"] == 100 and balance["last_used"] is None
-    assert balance["token"] == masked("new")
+    assert balance["token"] == masked(DEMO_TOKENS["new"])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -205,7 +200,7 @@ async def test_summary_resource_gives_the_headline(sandbox: RunningSandbox, tmp_
     assert summary["balance"] == account["balance"]
     assert summary["recent_calls"] == 100
     assert summary["recent_credits_spent"] == sum(c["credits"] for c in account["calls"])
-    assert summary["token"] == masked("busy")
+    assert summary["token"] == masked(DEMO_TOKENS["busy"])
     assert len(summary["top_endpoints"]) == 3
 
 

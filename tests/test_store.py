@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import psycopg
@@ -23,7 +24,7 @@ from tensorfeed_mcp.errors import InvalidInputError, StateStoreError
 from tensorfeed_mcp.ledger import Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.models import AlertStatus
 from tensorfeed_mcp.store import OUTBOX_LEASE_SECONDS, AlertEvent, Store
-from tensorfeed_mcp.store.postgres import SCHEMA_VERSION, PostgresStore
+from tensorfeed_mcp.store.postgres import SCHEMA_VERSION, STATEMENT_TIMEOUT_MS, TOKEN_LOCK_CLASS, PostgresStore
 from tensorfeed_mcp.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -420,3 +421,20 @@ async def test_a_schema_of_another_version_is_not_ready(database_url: str) -> No
         query(database_url, "DELETE FROM schema_migrations")
         with pytest.raises(StateStoreError, match="has schema version 0"):
             await store.check_ready()
+
+
+async def test_a_write_held_up_by_a_lock_fails_within_the_statement_timeout_and_the_store_goes_on(
+    database_url: str,
+) -> None:
+    """Another session holds the token's lock (a stuck replica, say): the write gives up with a StateStoreError
+    after the statement timeout instead of holding the call, and works again once the lock is gone."""
+    rule = make_rule("balance_below", 100, "floor")
+    async with PostgresStore.open(database_url) as store:
+        with psycopg.connect(database_url) as blocker:
+            blocker.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (TOKEN_LOCK_CLASS, "fp"))
+            with anyio.fail_after(STATEMENT_TIMEOUT_MS / 1000 + 5):
+                with pytest.raises(StateStoreError, match="statement timeout") as raised:
+                    await store.save_rule("fp", rule)
+            assert str(raised.value).startswith(f"PostgreSQL at 127.0.0.1:{urlsplit(database_url).port}/")
+            assert await store.list_rules("fp") == []  # reads take no lock
+        assert await store.save_rule("fp", rule) == ("created", 1)

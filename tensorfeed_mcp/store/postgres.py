@@ -42,6 +42,7 @@ Connection = psycopg.AsyncConnection[TupleRow]
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 5
+STATEMENT_TIMEOUT_MS = 5_000
 POOL_SIZE = (1, 10)
 CHANGES_CHANNEL = "tensorfeed_alerts"
 LISTEN_RETRY_SECONDS = (0.5, 5.0)  # the first pause before reconnecting the change feed, and the longest
@@ -114,7 +115,12 @@ class PostgresStore:
         self._where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}/{database}"
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            # A statement (a lock wait included) that takes longer is cancelled, so a stuck database fails a call
+            # with a StateStoreError instead of holding it.
+            kwargs={
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            },
             min_size=POOL_SIZE[0],
             max_size=POOL_SIZE[1],
             timeout=CONNECT_TIMEOUT_SECONDS,
@@ -372,6 +378,8 @@ class PostgresStore:
                     self._where,
                     self._reason(exc),
                 )
+            except Exception:  # the feed must outlive any failure, or replicas stop hearing each other unnoticed
+                logger.exception("The alert change feed from PostgreSQL at %s failed; reconnecting.", self._where)
             finally:
                 await feed.close()
             feed = await self._relisten()

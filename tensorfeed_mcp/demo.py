@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -120,8 +121,12 @@ async def _demo(api_url: str, state_dir: str, control: SandboxControl) -> None:
 
 
 def run_demo() -> int:
-    """Start a sandbox, drive the server over stdio with the SDK's Client, print what it said. 0 on success."""
-    with running_sandbox() as sandbox, tempfile.TemporaryDirectory(prefix="tensorfeed-demo-") as state_dir:
+    """Start a sandbox, drive the server over stdio with the SDK's Client, print what it said. 0 on success.
+
+    The sandbox's clock starts eight days ago, so the week of traffic it generates ends before this machine's now:
+    the server refuses service times from its future."""
+    start = datetime.now(UTC) - timedelta(hours=WEEK_STEPS * 2 + 24)
+    with running_sandbox(start=start) as sandbox, tempfile.TemporaryDirectory(prefix="tensorfeed-demo-") as state_dir:
         try:
             anyio.run(_demo, sandbox.api_url, state_dir, sandbox.control)
         except DemoFailed as exc:

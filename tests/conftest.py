@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,25 +82,24 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+SANDBOX_START = datetime(2026, 5, 12, 12, 0, tzinfo=UTC)
+"""Where every test's sandbox clock starts: a fixed instant (noon UTC on a Tuesday in mid-May), so no test depends on
+the hour, the day or the month it runs in, and a test about 'today' cannot straddle a midnight. A test that needs a
+midnight, a month end or a week moves the sandbox's clock there itself."""
+
+
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[RunningSandbox]:
     """A sandbox shared by a module's tests; tests that change accounts use `fresh_sandbox`."""
-    with running_sandbox() as running:
+    with running_sandbox(start=SANDBOX_START) as running:
         yield running
         running.control.clear_fault()
 
 
 @pytest.fixture
 def fresh_sandbox() -> Iterator[RunningSandbox]:
-    with running_sandbox() as running:
+    with running_sandbox(start=SANDBOX_START) as running:
         yield running
-
-
-def move_to_midday(sandbox: RunningSandbox) -> None:
-    """Move the sandbox's clock to the next 12:00 UTC, so a test about 'today' cannot straddle midnight."""
-    now = sandbox.control.now()
-    midday = datetime.combine(now.date() + timedelta(days=1), time(12), tzinfo=UTC)
-    sandbox.control.advance_clock((midday - now).total_seconds())
 
 
 def settings_for(sandbox: RunningSandbox, state_dir: Path, account: str = "busy", **overrides: Any) -> Settings:

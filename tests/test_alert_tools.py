@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import Caller, in_memory, move_to_midday, read_recorded, settings_for, stdio_params
+from conftest import Caller, in_memory, read_recorded, settings_for, stdio_params
 from mcp import Client
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning
@@ -37,7 +37,6 @@ async def test_a_rule_goes_ok_triggered_ok_with_since_set_kept_and_cleared(
     fresh_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     control = fresh_sandbox.control
-    move_to_midday(fresh_sandbox)
     async with in_memory(settings_for(fresh_sandbox, tmp_path, account="new")) as client:
         caller = Caller(client)
         await caller.ok("set_spend_alert", kind="daily_spend_above", threshold=20, name="today")
@@ -115,7 +114,6 @@ async def test_runway_of_the_fast_spending_account(sandbox: RunningSandbox, tmp_
 
 
 async def test_cap_percentage_follows_the_cap_set_and_cleared(fresh_sandbox: RunningSandbox, tmp_path: Path) -> None:
-    move_to_midday(fresh_sandbox)
     async with in_memory(settings_for(fresh_sandbox, tmp_path, account="new")) as client:
         caller = Caller(client)
         await caller.ok("set_spend_alert", kind="daily_cap_used_pct_above", threshold=40, name="cap")
@@ -137,7 +135,6 @@ async def test_cap_percentage_follows_the_cap_set_and_cleared(fresh_sandbox: Run
 async def test_a_full_buffer_of_todays_calls_makes_daily_spend_a_lower_bound(
     fresh_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
-    move_to_midday(fresh_sandbox)
     assert fresh_sandbox.control.add_calls("new", "/api/premium/routing", 1, count=100) == 100
     async with in_memory(settings_for(fresh_sandbox, tmp_path, account="new")) as client:
         caller = Caller(client)

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ SCREENSHOT = Path(__file__).parent.parent / ".cache" / "dashboard.png"
 STEPS, GAP_STEP, GAP_HOURS, GAP_CALLS = 40, 4, 16, 60
 """A snapshot every two hours, except one 16-hour stretch across a UTC midnight whose 60 calls outrun the 25 the
 service lists: the days it crosses become bounds and the stretch a snapshot gap."""
+HISTORY_START = datetime(2026, 5, 13, 6, 0, tzinfo=UTC)
+"""Where the history begins on the sandbox's clock: the 16-hour stretch then runs from 14:00 to 06:00 the next day,
+across a midnight, whatever the hour the test runs at."""
 
 HOST_PAGE = (Path(__file__).parent / "app_host.html").read_text()
 """The host's side of the MCP Apps bridge, shared with the benchmark (bench/dashboard.py); the embedding page
@@ -75,6 +79,7 @@ class Host:
 
 async def build_history(client: Client, sandbox: RunningSandbox) -> None:
     """About three days of generated traffic with a snapshot (a check_spend_alerts call) every two hours."""
+    sandbox.control.set_clock(HISTORY_START)
     for step in range(STEPS):
         if step == GAP_STEP:
             sandbox.control.traffic("busy", GAP_CALLS, GAP_HOURS * 3600, endpoints=CHEAP_ENDPOINTS, seed=step)

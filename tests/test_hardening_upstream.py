@@ -22,7 +22,16 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 import pytest
-from conftest import WATCHED_TOKENS, Caller, in_memory, read_recorded, server_env, settings_for, stdio_params
+from conftest import (
+    SANDBOX_START,
+    WATCHED_TOKENS,
+    Caller,
+    in_memory,
+    read_recorded,
+    server_env,
+    settings_for,
+    stdio_params,
+)
 from mcp import Client
 from mcp.client.stdio import stdio_client
 from test_cli import EXIT_CANNOT_RUN, EXIT_OK, run
@@ -165,7 +174,7 @@ def sandbox_on_this_machine_by_name() -> Iterator[tuple[RunningSandbox, str]]:
     """A sandbox reached through this machine's host name: local traffic, but not a loopback name or address."""
     host = socket.gethostname()
     assert not is_loopback(host), f"the host name {host!r} is a loopback name; this test needs another"
-    with running_sandbox(socket.gethostbyname(host)) as local:
+    with running_sandbox(socket.gethostbyname(host), start=SANDBOX_START) as local:
         port = urlsplit(local.url).port
         yield local, f"http://{host}:{port}/api"
 

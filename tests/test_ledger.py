@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WATCHED_TOKENS, Caller, move_to_midday, read_recorded, server_env, settings_for, stdio_params
+from conftest import WATCHED_TOKENS, Caller, read_recorded, server_env, settings_for, stdio_params
 from mcp import Client
 from mcp.client.stdio import stdio_client
 from test_cli import EXIT_CANNOT_RUN, EXIT_OK, run
@@ -330,7 +330,6 @@ async def test_a_midnight_and_a_purchase_between_two_snapshots(fresh_sandbox: Ru
 async def test_a_new_token_starts_a_new_ledger(fresh_sandbox: RunningSandbox, tmp_path: Path) -> None:
     """Another token on the same state folder sees none of the first one's history, and is told how to start one."""
     control = fresh_sandbox.control
-    move_to_midday(fresh_sandbox)
     async with ledger_session(fresh_sandbox, tmp_path) as caller:
         for hour in range(3):
             await traffic_then_snapshot(caller, control, 2, HOUR, seed=hour)

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import move_to_midday
 
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, SandboxControl, running_sandbox, sandbox_token
 
@@ -74,7 +73,7 @@ def test_reads_are_uncached_json_dated_by_the_service_clock(fresh_sandbox: Runni
     assert abs(parsedate_to_datetime(response.headers["date"]) - fresh_sandbox.control.now()) < timedelta(seconds=5)
 
 
-def test_balance_and_usage_shapes(api: httpx2.Client) -> None:
+def test_balance_and_usage_shapes(fresh_sandbox: RunningSandbox, api: httpx2.Client) -> None:
     balance = api.get("payment/balance", headers=bearer()).json()
     assert balance["credits_remaining"] == balance["balance"]
     usage = api.get("payment/usage", headers=bearer()).json()
@@ -87,7 +86,7 @@ def test_balance_and_usage_shapes(api: httpx2.Client) -> None:
     assert {entry["credits"] for entry in usage["recent"]} <= {1, 5, 10, 50}
     days = {entry["at"][:10] for entry in usage["recent"]}
     oldest_visible = datetime.fromisoformat(usage["recent"][-1]["at"].replace("Z", "+00:00"))
-    assert len(days) >= 1 and oldest_visible < datetime.now(UTC)
+    assert len(days) >= 1 and oldest_visible < fresh_sandbox.control.now()
 
 
 def test_the_busy_buffer_spans_more_than_one_utc_day(fresh_sandbox: RunningSandbox) -> None:
@@ -177,6 +176,26 @@ def test_requests_are_counted_and_faults_switch_on_and_off(fresh_sandbox: Runnin
     assert statuses == [503, 503, 200]
     assert flaky == [503, 200, 503, 200]
     assert control.stats()["by_path"] == {"/api/payment/balance": 8}
+
+
+def test_the_clock_starts_where_asked_and_is_set_forward_or_back() -> None:
+    """A sandbox started at an instant reads it (and runs on from there), with its seeded history just before it;
+    the control API sets the clock to any instant, forward or back."""
+    start = datetime(2027, 2, 28, 23, 59, tzinfo=UTC)
+    with running_sandbox(start=start) as running:
+        control = running.control
+        now = control.now()
+        assert start <= now < start + timedelta(seconds=5)
+        newest = max(
+            datetime.fromisoformat(call["at"].replace("Z", "+00:00")) for call in control.account("busy")["calls"]
+        )
+        assert start - timedelta(hours=1) < newest < start
+        later = start + timedelta(days=40, hours=3)
+        assert later <= control.set_clock(later) < later + timedelta(seconds=5)
+        assert start <= control.set_clock(start) < start + timedelta(seconds=5)
+        with httpx2.Client(base_url=running.api_url + "/") as api:
+            dated = parsedate_to_datetime(api.get("payment/balance", headers=bearer()).headers["date"])
+        assert abs(dated - start) < timedelta(seconds=5)
 
 
 def test_a_sandbox_releases_its_port() -> None:
@@ -451,7 +470,6 @@ def test_traffic_refuses_calls_past_each_days_cap(fresh_sandbox: RunningSandbox,
     control = fresh_sandbox.control
     control.add_purchase("new", PLENTY, 20_000.0)
     cap = api.post("payment/spend-cap", headers=bearer("new"), json={"daily_cap": 35}).json()["daily_cap"]
-    move_to_midday(fresh_sandbox)
     start = control.now()
     # Every 30 minutes from 12:30 to 12:00 the next day: 23 calls fall on the first UTC day, 25 on the second.
     answer = control.traffic("new", 48, 86_400, endpoints=[("/api/premium/whats-new", 10)])

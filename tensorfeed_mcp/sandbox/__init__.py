@@ -2,7 +2,7 @@
 
 It follows the contract in docs of the service (balance, usage, history, spend-cap, revoke, with the same
 shapes, validation and error codes) for a few seeded accounts with fixed demo tokens. A control API under
-/_sandbox lets tests count requests, switch fault modes, move the clock, create accounts (whose tokens
+/_sandbox lets tests count requests, switch fault modes, move or set the clock, create accounts (whose tokens
 `sandbox_token` derives from their names), add calls or purchases, generate traffic over a stretch of the clock
 and read each account's ground truth.
 It deliberately imports nothing from the server, so it cannot share the server's mistakes.
@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import uvicorn
@@ -107,9 +108,10 @@ class RunningSandbox:
 
 
 @contextmanager
-def running_sandbox(host: str = "127.0.0.1", port: int = 0) -> Iterator[RunningSandbox]:
-    """Serve a fresh sandbox in a background thread on `host:port` (0: a free port) until the block ends."""
-    sandbox = Sandbox()
+def running_sandbox(host: str = "127.0.0.1", port: int = 0, start: datetime | None = None) -> Iterator[RunningSandbox]:
+    """Serve a fresh sandbox in a background thread on `host:port` (0: a free port) until the block ends; its clock
+    starts at `start` (default: now)."""
+    sandbox = Sandbox(start)
     sock = socket.create_server((host, port))
     # Accepted connections inherit this; without it a reply sent in two writes waits ~40 ms for a delayed ACK.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -59,7 +59,11 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
 
     async def clock(request: Request) -> Response:
         if request.method == "POST":
-            sandbox.advance(float((await request.json())["advance_seconds"]))
+            spec = await _body(request)
+            if "set" in spec:
+                sandbox.set_clock(parse_time(str(spec["set"])))
+            else:
+                sandbox.advance(float(spec["advance_seconds"]))
         return JSONResponse({"now": iso(sandbox.now()), "offset_seconds": sandbox.offset.total_seconds()})
 
     async def fault(request: Request) -> Response:
@@ -110,7 +114,7 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
 
     return [
         Route("/_sandbox/stats", stats, methods=["GET", "POST"]),
-        Route("/_sandbox/clock", clock, methods=["GET", "POST"]),
+        Route("/_sandbox/clock", _refusing_bad_input(clock), methods=["GET", "POST"]),
         Route("/_sandbox/fault", fault, methods=["POST", "DELETE"]),
         Route("/_sandbox/accounts", _refusing_bad_input(create_account), methods=["POST"]),
         Route("/_sandbox/accounts/{name}", _refusing_bad_input(account), methods=["GET"]),
@@ -153,6 +157,10 @@ class SandboxControl:
 
     def advance_clock(self, seconds: float) -> datetime:
         return parse_time(self._json("POST", "clock", {"advance_seconds": seconds})["now"])
+
+    def set_clock(self, moment: datetime) -> datetime:
+        """Make the sandbox's clock read `moment` now (forward or back in time); it runs on from there."""
+        return parse_time(self._json("POST", "clock", {"set": iso(moment)})["now"])
 
     def account(self, name: str) -> dict[str, Any]:
         return self._json("GET", f"accounts/{name}")  # type: ignore[no-any-return]

@@ -31,9 +31,11 @@ class Sandbox:
     Whoever reads or changes accounts holds `lock`, so nobody sees half of a change.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: datetime | None = None) -> None:
+        """A sandbox whose clock reads `start` now (default: this machine's time) and runs on from there; the seeded
+        accounts' history lies just before it."""
         self.lock = threading.Lock()
-        self.offset = timedelta()
+        self.offset = timedelta() if start is None else start - datetime.now(UTC)
         self.accounts: dict[str, Account] = {}
         self._by_token: dict[str, Account] = {}  # every account, revoked ones too; a token is never reused
         for account in seed_accounts(self.now()).values():
@@ -88,6 +90,12 @@ class Sandbox:
     def advance(self, seconds: float) -> datetime:
         with self.lock:
             self.offset += timedelta(seconds=seconds)
+        return self.now()
+
+    def set_clock(self, moment: datetime) -> datetime:
+        """Make the clock read `moment` now (forward or back); it runs on from there."""
+        with self.lock:
+            self.offset = moment - datetime.now(UTC)
         return self.now()
 
     def set_fault(

@@ -47,6 +47,8 @@ from tensorfeed_mcp.models import (
     SpendCapPayload,
     SpendHistory,
     UsageCall,
+    UsageEntry,
+    UsagePayload,
     UsdEstimate,
     WebhookDelivery,
 )
@@ -58,6 +60,9 @@ logger = logging.getLogger(__name__)
 MAX_HISTORY_DAYS = 90
 MAX_HOUR_DAYS = 7
 USD_PER_CREDIT = 0.02  # the base rate, 50 credits per dollar; volume purchases get more credits per dollar
+
+
+ANSWER_SLACK_MS = 1000  # the Date header has whole seconds: a call may be up to a second later than it says
 
 
 def _says_nothing_new(reading: Reading, last: Reading) -> bool:
@@ -83,11 +88,13 @@ class AccountService:
         async with TensorFeedClient(settings) as client, open_store(settings) as store:
             yield cls(settings, client, store)
 
-    def _stamp(self, fetched: Fetched[Any]) -> dict[str, Any]:
+    def _stamp(self, fetched: Fetched[Any], *also: Fetched[Any]) -> dict[str, Any]:
+        """The fields every result carries, from `fetched`; the note covers `also` too."""
         return {
             "as_of": fetched.as_of,
             "age_seconds": fetched.age_seconds,
             "token": mask_token(self._settings.require_token()),
+            "note": " ".join(dict.fromkeys(_notes(fetched, *also))) or None,
         }
 
     async def usage(self, endpoint: str | None = None, recent_limit: int = DEFAULT_RECENT_LIMIT) -> AccountUsage:
@@ -235,7 +242,7 @@ class AccountService:
         figures = spend_figures(snapshot)
         verdicts = {verdict.name: verdict for verdict in evaluate_rules(rules, snapshot, figures)}
         oldest = min(fetched.values(), key=lambda value: value.as_of)
-        stamp = self._stamp(oldest)
+        stamp = self._stamp(oldest, *fetched.values())
 
         def compose(name: str, event: AlertEvent, since: datetime | None) -> str:
             verdict = verdicts[name].model_copy(update={"since": since})
@@ -290,27 +297,30 @@ class AccountService:
         """Add what fresh reads found to the ledger: a balance reading, the calls listed, the purchases.
 
         Read together with the usage list, the balance counts every call that list shows (the Date header has
-        whole seconds only, so the reading's time moves just past the newest call listed). A state file that
-        cannot be used is logged; it never fails the read.
+        whole seconds only, so the reading's time moves just past the newest call listed). An answer whose Date was
+        not believed adds nothing, nor does a call or purchase dated after the answer that lists it: so no answer
+        can move the ledger beyond this machine's now. A state file that cannot be used is logged; it never fails
+        the read.
         """
-        balance, usage, history = (fetched.get(name) for name in ("balance", "usage", "history"))
-        reading = None
-        if balance is not None and balance.fresh:
-            at = to_ms(balance.as_of)
-            if usage is not None and usage.data.recent:
-                at = max(at, max(to_ms(entry.at) for entry in usage.data.recent) + 1)
-            purchased = balance.data.total_purchased
-            reading = Reading(at=at, spent=purchased - balance.data.balance, purchased=purchased)
+        believed = {name: value for name, value in fetched.items() if value.clock_note is None}
+        balance, usage, history = (believed.get(name) for name in ("balance", "usage", "history"))
+        listed = [] if usage is None else _listed_in_time(usage)
         calls: list[SeenCall] = []
         if usage is not None and usage.fresh:
-            seen = Counter((to_ms(entry.at), entry.endpoint, entry.credits) for entry in usage.data.recent)
+            seen = Counter((to_ms(entry.at), entry.endpoint, entry.credits) for entry in listed)
             calls = [SeenCall(at, endpoint, credits, count) for (at, endpoint, credits), count in seen.items()]
+        reading = None
+        if balance is not None and balance.fresh:
+            at = max([to_ms(balance.as_of), *(to_ms(entry.at) + 1 for entry in listed)])
+            purchased = balance.data.total_purchased
+            reading = Reading(at=at, spent=purchased - balance.data.balance, purchased=purchased)
         purchases = []
         if history is not None and history.fresh:
+            latest = to_ms(history.as_of) + ANSWER_SLACK_MS
             purchases = [
                 (purchase.tx_hash, SeenPurchase(to_ms(purchase.confirmed_at), purchase.credits_added))
                 for purchase in history.data.purchases
-                if purchase.confirmed_at is not None
+                if purchase.confirmed_at is not None and to_ms(purchase.confirmed_at) <= latest
             ]
         last_reading, last_calls = self._last_recorded
         if reading is not None and last_reading is not None and _says_nothing_new(reading, last_reading):
@@ -374,19 +384,28 @@ class AccountService:
         if failures and fresh:
             raise next(iter(failures.values()))
         fingerprint = self._fingerprint()
-        now = max((to_ms(value.as_of) for value in fetched.values()), default=self._now_ms())
+        believed = [to_ms(value.as_of) for value in fetched.values() if value.clock_note is None]
+        now = max(believed, default=self._now_ms())
         ledger, first = await self._store.load_ledger(
             fingerprint, min(self._ledger_start(now), day_start(now) - (days - 1) * DAY_MS)
         )
         end = (ledger.last_reading if ledger.last_reading is not None else now) + 1
         parts = history(ledger, first, end, days, group_by)
-        note = None
+        notes = _notes(*fetched.values())
         if failures:
-            note = f"No fresh snapshot ({next(iter(failures.values()))}); this is the ledger as it stands."
+            notes.insert(0, f"No fresh snapshot ({next(iter(failures.values()))}); this is the ledger as it stands.")
         elif first is None or first == ledger.last_reading:  # its only snapshot is the one just taken
-            note = (
+            notes.insert(
+                0,
                 "No spend history yet: it starts with this snapshot. Keep history by leaving the watcher on "
-                "(TENSORFEED_POLL_SECONDS) or by running `tensorfeed-mcp record` from cron every 10 minutes."
+                "(TENSORFEED_POLL_SECONDS) or by running `tensorfeed-mcp record` from cron every 10 minutes.",
+            )
+        doubtful = ledger.doubtful_in(parts.period_start, end)
+        if doubtful:
+            notes.append(
+                f"In {doubtful} stretch{'es' if doubtful > 1 else ''} between snapshots the account's lifetime spend "
+                "went down (a balance that rose without a purchase, or purchases that shrank), which cannot be right: "
+                "they count as unknown, not as spend."
             )
         balance = fetched.get("balance")
         return SpendHistory(
@@ -400,7 +419,7 @@ class AccountService:
             totals=parts.totals,
             coverage=parts.coverage,
             trend=parts.trend,
-            note=note,
+            note=" ".join(dict.fromkeys(notes)) or None,
         )
 
     @staticmethod
@@ -411,3 +430,25 @@ class AccountService:
     def _ledger_start(now: int) -> int:
         """Where a ledger load must begin to cover today, the trailing week and the month so far."""
         return min(day_start(now) - TRAILING_DAYS * DAY_MS, month_start(now))
+
+
+def _listed_in_time(usage: Fetched[UsagePayload]) -> list[UsageEntry]:
+    """The calls a usage answer lists that happened before it was given; a call dated later cannot be true."""
+    latest = to_ms(usage.as_of) + ANSWER_SLACK_MS
+    return [entry for entry in usage.data.recent if to_ms(entry.at) <= latest]
+
+
+def _notes(*fetched: Fetched[Any]) -> list[str]:
+    """What the answers' figures cannot show: a clock not believed, calls dated after the answer that listed them."""
+    notes = []
+    for value in fetched:
+        if value.clock_note is not None:
+            notes.append(value.clock_note)
+        elif isinstance(value.data, UsagePayload):
+            late = len(value.data.recent) - len(_listed_in_time(value))
+            if late:
+                notes.append(
+                    f"TensorFeed listed {late} call{'s' if late > 1 else ''} dated after its own answer, which "
+                    "cannot be right; they were kept out of the spend ledger."
+                )
+    return notes

@@ -11,7 +11,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -52,6 +52,10 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_ATTEMPTS = 4
 BACKOFF_BASE_SECONDS = 0.25
 MAX_SPEND_CAP = 1_000_000
+CLOCK_TOLERANCE = timedelta(minutes=5)
+"""How far ahead of this machine's clock the service's Date may be and still be believed."""
+EARLIEST_SERVICE_TIME = datetime(2020, 1, 1, tzinfo=UTC)
+"""A Date before this (before the service existed) is not believed either."""
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 
@@ -65,6 +69,9 @@ class Fetched(Generic[PayloadT]):
     as_of: datetime
     age_seconds: float
     fresh: bool = False
+    clock_note: str | None = None
+    """Set when the service's Date was not believed: then `as_of` is this machine's time, and the answer must not
+    go into the ledger."""
 
 
 @dataclass
@@ -72,6 +79,7 @@ class _Answer:
     payload: Any
     as_of: datetime
     received_at: float
+    clock_note: str | None = None
 
 
 class _Flight:
@@ -214,7 +222,9 @@ class TensorFeedClient:
                 "numbers and timestamps must carry a time zone. The service may have changed; please report this."
             ) from None
         age = max(0.0, anyio.current_time() - answer.received_at)
-        return Fetched(data=data, as_of=answer.as_of, age_seconds=round(age, 3), fresh=fresh)
+        return Fetched(
+            data=data, as_of=answer.as_of, age_seconds=round(age, 3), fresh=fresh, clock_note=answer.clock_note
+        )
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> _Answer:
         """Send with retries on retryable failures, within the deadline; raise the last error with its attempts."""
@@ -336,7 +346,8 @@ class TensorFeedClient:
             )
         if not isinstance(payload, dict) or payload.get("ok") is not True:
             raise InvalidResponseError("TensorFeed's answer did not say ok. Try again shortly.")
-        return _Answer(payload=payload, as_of=_service_time(response), received_at=anyio.current_time())
+        as_of, clock_note = _service_time(response)
+        return _Answer(payload=payload, as_of=as_of, received_at=anyio.current_time(), clock_note=clock_note)
 
 
 def _without(secret: str, value: Any) -> Any:
@@ -383,7 +394,7 @@ def _retry_after(response: httpx2.Response) -> float | None:
         seconds = float(value) if value else None
     except ValueError:
         try:
-            seconds = (parsedate_to_datetime(value) - _service_time(response)).total_seconds()
+            seconds = (parsedate_to_datetime(value) - _service_time(response)[0]).total_seconds()
         except (TypeError, ValueError, OverflowError):
             return None
     return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
@@ -397,10 +408,34 @@ def _host_of(location: str) -> str:
         return ""
 
 
-def _service_time(response: httpx2.Response) -> datetime:
-    """The service's clock from the Date header, so 'today' matches the service's UTC day; ours if it has none."""
+def _service_time(response: httpx2.Response) -> tuple[datetime, str | None]:
+    """The service's clock from the Date header, so 'today' matches the service's UTC day, with None; ours when it
+    sends none. A Date ahead of this machine's clock by more than CLOCK_TOLERANCE (or before the service existed)
+    is not believed: ours is used, with a note that says why. A Date behind ours is believed, since an answer from
+    the past can never move the ledger beyond now."""
+    now = datetime.now(UTC)
     try:
         when = parsedate_to_datetime(response.headers.get("date", ""))
-        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+        when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
     except (TypeError, ValueError, OverflowError):  # missing, malformed, or beyond datetime's range in UTC
-        return datetime.now(UTC)
+        return now, None
+    if EARLIEST_SERVICE_TIME <= when <= now + CLOCK_TOLERANCE:
+        return when, None
+    if when > now:
+        why = f"{_span(when - now)} ahead of this machine's clock (more than {_span(CLOCK_TOLERANCE)} is not believed)"
+    else:
+        why = "before TensorFeed existed"
+    return now, (
+        f"TensorFeed's answer was dated {when:%Y-%m-%d %H:%M} UTC, {why}, so it is timed by this machine's clock "
+        "and was kept out of the spend ledger. If this machine's clock is wrong, correct it."
+    )
+
+
+def _span(delta: timedelta) -> str:
+    """A duration in its largest whole unit: '74 years', '3 days', '5 minutes'."""
+    seconds = abs(delta.total_seconds())
+    for unit, size in (("year", 365 * 86_400), ("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count:,} {unit}{'s' if count != 1 else ''}"
+    return f"{int(seconds)} seconds"

@@ -13,10 +13,11 @@ Times are integer milliseconds since the epoch (UTC). A reading covers the calls
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from calendar import monthrange
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import accumulate, pairwise
 from typing import Any, Literal, NamedTuple
 
@@ -96,9 +97,17 @@ class Ledger:
         self._purchase_at: list[int]
         self._purchase_credits: list[int]
         self._reading_at, spent, _ = _columns(readings, 3)
-        # _spend_before[k]: the exact spend from the first reading to reading k (a decrease, which the service
-        # never reports, counts as nothing rather than as negative spend).
-        self._spend_before: list[int] = list(accumulate((max(0, b - a) for a, b in pairwise(spent)), initial=0))
+        steps = [later - earlier for earlier, later in pairwise(spent)]
+        # Lifetime spend never decreases, so an interval in which it does holds a wrong reading (a balance that rose
+        # without a purchase, purchases that shrank, an absurd figure). Either of its readings may be the wrong one,
+        # so the intervals on both sides are in doubt too: all three count as unknown, never as spend.
+        falls = [step < 0 for step in steps]
+        doubtful = [any(falls[max(0, k - 1) : k + 2]) for k in range(len(steps))]
+        self._doubtful: list[int] = [k for k, in_doubt in enumerate(doubtful) if in_doubt]
+        # _spend_before[k]: the spend from the first reading to reading k over the intervals not in doubt.
+        self._spend_before: list[int] = list(
+            accumulate((0 if in_doubt else step for step, in_doubt in zip(steps, doubtful, strict=True)), initial=0)
+        )
         self._call_at, self._call_endpoint, credits, self._call_count = _columns(calls, 4)
         self._call_credits: list[int] = [each * count for each, count in zip(credits, self._call_count, strict=True)]
         self._credits_before: list[int] = list(accumulate(self._call_credits, initial=0))
@@ -117,11 +126,25 @@ class Ledger:
             - self._credits_before[bisect_left(self._call_at, first)]
         )
 
-    def _interval_part(self, k: int, first: int, last: int) -> tuple[int, int]:
-        """The least and most of interval k's spend (between readings k and k+1) that fell in [first, last]."""
+    def _doubtful_between(self, first_interval: int, stop_interval: int) -> list[int]:
+        """The intervals in doubt among first_interval <= k < stop_interval."""
+        return self._doubtful[bisect_left(self._doubtful, first_interval) : bisect_left(self._doubtful, stop_interval)]
+
+    def doubtful_in(self, start: int, end: int) -> int:
+        """How many intervals in doubt (see __init__) overlap [start, end)."""
+        at = self._reading_at
+        return sum(1 for k in self._doubtful if at[k + 1] >= start and at[k] < end)
+
+    def _interval_part(self, k: int, first: int, last: int) -> tuple[int, int | None]:
+        """The least and most (None: unknown) of interval k's spend (between readings k and k+1) that fell in
+        [first, last]."""
         opens, closes = self._reading_at[k] + 1, self._reading_at[k + 1]
-        spend = self._spend_before[k + 1] - self._spend_before[k]
+        if max(first, opens) > min(last, closes):  # the window only touches the interval's edge
+            return 0, 0
         seen_inside = self.seen_credits(max(first, opens), min(last, closes))
+        if self._doubtful_between(k, k + 1):
+            return seen_inside, None
+        spend = self._spend_before[k + 1] - self._spend_before[k]
         seen_all = self.seen_credits(opens, closes)
         if seen_all == spend:  # every call of the interval was seen: their times split it exactly
             return seen_inside, seen_inside
@@ -150,7 +173,8 @@ class Ledger:
         if not at:
             figure.credits, figure.credits_max = figure.attributed, None
             return figure
-        low = high = 0
+        low = 0
+        high: int | None = 0
         bounded = first > at[0] and last <= at[-1]
         if first <= at[0]:  # before the first reading only the seen calls are known
             low += self.seen_credits(first, min(last, at[0]))
@@ -159,13 +183,17 @@ class Ledger:
         # Readings i..j lie in [first - 1, last]: the intervals between them are wholly inside the window.
         i, j = bisect_left(at, first - 1), bisect_right(at, last) - 1
         if i <= j:
-            low += self._spend_before[j] - self._spend_before[i]
-            high += self._spend_before[j] - self._spend_before[i]
+            known = self._spend_before[j] - self._spend_before[i]
+            low, high = low + known, known
+            for k in self._doubtful_between(i, j):  # wholly inside, but only its seen calls are known
+                low += self.seen_credits(at[k] + 1, at[k + 1])
+                high = None
         edges = {i - 1, j} if i <= j else {j}  # the intervals the window's edges cut (the same one when i > j)
         for k in edges:
             if 0 <= k < len(at) - 1:
                 least, most = self._interval_part(k, first, last)
-                low, high = low + least, high + most
+                low += least
+                high = None if high is None or most is None else high + most
         figure.credits, figure.credits_max = low, high if bounded else None
         return figure
 
@@ -204,9 +232,8 @@ def month_start(moment: int) -> int:
 
 
 def next_month_start(moment: int) -> int:
-    first = from_ms(moment).date().replace(day=1)
-    following = (first + timedelta(days=32)).replace(day=1)
-    return to_ms(datetime(following.year, following.month, 1, tzinfo=UTC))
+    day = from_ms(moment).date()
+    return month_start(moment) + monthrange(day.year, day.month)[1] * DAY_MS  # no date past year 9999 is made
 
 
 def windows(end: int, days: int, step_ms: int) -> list[tuple[int, int]]:

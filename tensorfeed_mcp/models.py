@@ -38,8 +38,11 @@ def _require_time(value: object) -> object:
 UpstreamText = Annotated[str, AfterValidator(clean_upstream_text)]
 # A timestamp without a zone is refused rather than guessed: the contract promises UTC with a Z.
 UpstreamTime = Annotated[AwareDatetime, BeforeValidator(_require_time)]
-# Within what a float (and a JavaScript client) holds exactly, so arithmetic with a count can never overflow.
-Count = Annotated[int, Field(strict=True, ge=-(2**53), le=2**53)]
+MAX_CREDITS = 10**12
+"""More credits than anyone holds (20 billion dollars' worth at the base rate): a figure beyond it is refused, so
+sums of figures stay far within what a JavaScript client holds exactly (2**53)."""
+# A count or an amount of credits the service reports: never negative, never absurd.
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_CREDITS)]
 Money = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
@@ -138,6 +141,11 @@ class AccountResult(BaseModel):
     as_of: datetime = Field(description="When TensorFeed produced this data (its own clock, UTC).")
     age_seconds: float = Field(description="How old the data was when returned (0 unless served from the cache).")
     token: str = Field(description="The token this describes, masked (first 12 and last 4 characters).")
+    note: str | None = Field(
+        default=None,
+        description="Null normally; says what the figures cannot show: a ledger too new to go on (and how to start "
+        "it), a snapshot that could not be taken, TensorFeed's clock or data not believed and kept out of the ledger.",
+    )
 
 
 class EndpointUsage(BaseModel):
@@ -357,7 +365,6 @@ class SpendHistory(AccountResult):
     totals: SpendBucket = Field(description="The whole period as one bucket.")
     coverage: HistoryCoverage
     trend: SpendTrend
-    note: str | None = Field(description="Set when the ledger has too little to go on, saying how to start it.")
 
 
 class AlertRuleSaved(BaseModel):

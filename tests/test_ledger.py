@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WATCHED_TOKENS, Caller, read_recorded, server_env, settings_for, stdio_params
+from conftest import SANDBOX_START, WATCHED_TOKENS, Caller, read_recorded, server_env, settings_for, stdio_params
 from mcp import Client
 from mcp.client.stdio import stdio_client
 from test_cli import EXIT_CANNOT_RUN, EXIT_OK, run
@@ -437,6 +437,101 @@ async def test_record_and_history_on_the_command_line(fresh_sandbox: RunningSand
     for command in ("record", "history"):
         assert_fails_with_one_line(run(command, env=env | {"TENSORFEED_TOKEN": UNKNOWN_TOKEN}))
         assert_fails_with_one_line(run(command, env=env | {"TENSORFEED_API_URL": "http://127.0.0.1:9"}))
+
+
+LYING_CLOCKS = [datetime(2100, 12, 5, 12, 0, tzinfo=UTC), datetime(9999, 12, 31, 23, 0, tzinfo=UTC)]
+"""Dates the sandbox answers with while it lies about its clock: far in this machine's future, and at datetime's end."""
+EXPENSIVE = ("/api/premium/monitor/bulk", 50)
+
+
+def by_name(check: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {alert["name"]: alert for alert in check["alerts"]}
+
+
+def days_listed(history: dict[str, Any]) -> list[date]:
+    return [when(bucket["start"]).date() for bucket in history["buckets"]]
+
+
+async def test_a_service_clock_far_ahead_is_not_believed_and_the_ledger_stays_on_the_true_days(
+    fresh_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Answers dated 2100, or late on 31 December 9999, are timed by this machine's clock, kept out of the ledger,
+    and say so; back on the true clock, today's 500 credits trigger their rule and history covers the true days,
+    after a restart too."""
+    control = fresh_sandbox.control
+    control.add_purchase(ACCOUNT, 1_000, 20.0)
+    true_week = [SANDBOX_START.date() - timedelta(days=back) for back in reversed(range(7))]
+    async with ledger_session(fresh_sandbox, tmp_path) as caller:
+        await caller.ok("set_spend_alert", kind="daily_spend_above", threshold=100, name="today")
+        await caller.ok("check_spend_alerts")
+        for lie in LYING_CLOCKS:
+            control.set_clock(lie)
+            check = await caller.ok("check_spend_alerts")
+            history = await caller.ok("get_spend_history", days=7)
+            for answer in (check, history):
+                assert f"dated {lie:%Y-%m-%d %H:%M} UTC" in answer["note"], answer["note"]
+                assert "kept out of the spend ledger" in answer["note"], answer["note"]
+            assert abs(when(check["as_of"]) - datetime.now(UTC)) < timedelta(minutes=1)  # this machine's clock
+            assert days_listed(history) == true_week
+        control.set_clock(SANDBOX_START + timedelta(minutes=10))
+        assert control.add_calls(ACCOUNT, *EXPENSIVE, count=10) == 10
+        check = await caller.ok("check_spend_alerts")
+        assert check["note"] is None
+        today = by_name(check)["today"]
+        assert (today["status"], today["observed"]) == ("triggered", 500), today
+    async with ledger_session(fresh_sandbox, tmp_path) as caller:
+        history = await caller.ok("get_spend_history", days=7)
+    assert days_listed(history) == true_week
+    assert history["totals"]["credits"] >= 500 and history["note"] is None
+    assert_holds_truth(history["totals"], Truth(control))
+
+
+async def test_a_call_dated_after_the_answer_that_lists_it_is_kept_out_of_the_ledger(
+    fresh_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A call the service dates in 2100 is listed as sent but never recorded, so the ledger's end stays at the
+    true now; the answer says why."""
+    control = fresh_sandbox.control
+    control.add_purchase(ACCOUNT, 1_000, 20.0)
+    async with ledger_session(fresh_sandbox, tmp_path) as caller:
+        await caller.ok("check_spend_alerts")
+        assert control.add_calls(ACCOUNT, *EXPENSIVE, at=LYING_CLOCKS[0]) == 1
+        assert control.add_calls(ACCOUNT, "/api/premium/routing", 1, count=3) == 3
+        usage = await caller.ok("get_account_usage")
+        history = await caller.ok("get_spend_history", days=2)
+    assert usage["note"] is not None and "1 call dated after its own answer" in usage["note"]
+    assert "1 call dated after its own answer" in history["note"]
+    assert when(history["period_end"]) < control.now() + timedelta(seconds=2)
+    assert days_listed(history) == [SANDBOX_START.date() - timedelta(days=1), SANDBOX_START.date()]
+    assert history["totals"]["attributed"] == 3  # the routing calls; the one dated 2100 is not attributed
+
+
+async def test_lifetime_spend_that_goes_down_counts_as_unknown_never_as_spend(
+    fresh_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A balance that rose without a purchase, and one absurd figure, each between true snapshots: the day's figure
+    is a bound that holds the truth (no phantom spend from the dip's recovery or the spike), and the note says why."""
+    control = fresh_sandbox.control
+    control.add_purchase(ACCOUNT, 1_000, 20.0)
+    lies = [
+        {"ok": True, "balance": 1_600, "total_purchased": 1_100},  # 500 more than bought, with no purchase
+        {"ok": True, "balance": 0, "total_purchased": 10**12},  # the most the server believes of a figure
+    ]
+    async with ledger_session(fresh_sandbox, tmp_path) as caller:
+        await caller.ok("check_spend_alerts")
+        for seed, lie in enumerate(lies):
+            await traffic_then_snapshot(caller, control, 5, 10 * MINUTE, seed=seed)
+            control.set_fault("custom", count=1, body=json.dumps(lie))  # the balance read alone meets it
+            assert (await caller.ok("get_account_balance"))["balance"] == lie["balance"]
+            control.advance_clock(MINUTE)
+            await traffic_then_snapshot(caller, control, 5, 10 * MINUTE, seed=10 + seed)
+        history = await caller.ok("get_spend_history", days=1)
+    truth = Truth(control)
+    assert "lifetime spend went down" in history["note"], history["note"]
+    [today] = history["buckets"]
+    for bucket in (today, history["totals"]):
+        assert_holds_truth(bucket, truth)
+        assert bucket["credits"] <= truth.day_credits(SANDBOX_START.date()) and not bucket["exact"]
 
 
 REFUSED_ARGUMENTS: list[tuple[dict[str, Any], str, str]] = [

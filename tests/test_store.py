@@ -297,6 +297,68 @@ async def test_a_state_folder_that_cannot_be_created_is_reported(tmp_path: Path)
         await SqliteStore(tmp_path / "blocker" / "alerts.sqlite3").list_rules("fp")
 
 
+FUTURE = datetime(2100, 12, 5, tzinfo=UTC)
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def poisoned_rows(fingerprint: str) -> dict[str, list[tuple[Any, ...]]]:
+    """A ledger as an answer dated 2100 left it before the repair: a reading, a call and a purchase in 2100 after
+    the true ones at T0."""
+    true, lying = ms(T0), ms(FUTURE)
+    return {
+        "ledger_readings": [(fingerprint, true, 10, 100), (fingerprint, lying, 15, 100)],
+        "ledger_calls": [(fingerprint, true - 1, "/api/premium/routing", 1, 1), (fingerprint, lying - 1, "/x", 5, 1)],
+        "ledger_purchases": [(fingerprint, "0xtrue", true - 5, 100), (fingerprint, "0xlying", lying - 5, 100)],
+    }
+
+
+def sqlite_before_the_repair(path: Path, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """A state file at schema version 3 (the tables as they are now, nothing repaired) holding `rows`."""
+    from tensorfeed_mcp.store.sqlite import SCHEMA
+
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(SCHEMA)
+        for table, values in rows.items():
+            db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(values[0]))})", values)
+        db.execute("PRAGMA user_version = 3")
+
+
+def postgres_before_the_repair(url: str, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """A database migrated to version 1 only, holding `rows`."""
+    from tensorfeed_mcp.store.postgres import MIGRATIONS
+
+    query(url, "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz DEFAULT now())")
+    query(url, MIGRATIONS[0])
+    query(url, "INSERT INTO schema_migrations (version) VALUES (1)")
+    for table, values in rows.items():
+        for row in values:
+            query(url, f"INSERT INTO {table} VALUES ({', '.join(['%s'] * len(row))})", *row)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_ledger_moved_into_the_future_by_a_lying_clock_is_repaired_on_upgrade(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Rows dated far past this machine's now (left by an answer with a Date in 2100 before the fix) are removed
+    when the store is first opened by this version; the true rows stay."""
+    rows = poisoned_rows("fp")
+    async with AsyncExitStack() as stack:
+        if backend == "sqlite":
+            sqlite_before_the_repair(tmp_path / "alerts.sqlite3", rows)
+            store: Store = SqliteStore(tmp_path / "alerts.sqlite3")
+        else:
+            url = request.getfixturevalue("database_url")
+            postgres_before_the_repair(url, rows)
+            store = await stack.enter_async_context(PostgresStore.open(url))
+        ledger, first = await store.load_ledger("fp", ms(T0 - timedelta(days=1)))
+    assert (first, ledger.last_reading) == (ms(T0), ms(T0))
+    assert ledger.seen_credits(0, ms(FUTURE)) == 1
+    assert ledger.spend(ms(T0 - timedelta(days=1)), ms(FUTURE)).purchased == 100
+
+
 # ---- PostgreSQL only ---------------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any, Protocol
 
 import anyio
@@ -92,7 +93,9 @@ def check_custom(status: object, body: object, content_type: object, headers: ob
 
 
 class FaultSource(Protocol):
-    """What the injector needs from the sandbox's state: a request count and the fault a request meets."""
+    """What the injector needs from the sandbox's state: its clock, a request count and the fault a request meets."""
+
+    def now(self) -> datetime: ...
 
     def count(self, path: str, user_agent: str) -> None: ...
 
@@ -130,7 +133,10 @@ class FaultInjector:
             if fault.mode == "cap_apply_500":
                 await _answer_of(self.app, scope, receive)  # the endpoint applies the change; its answer is lost
             status, extra, body = _fault_response(fault)
-            await _respond(send, status, [(k.lower().encode(), v.encode("latin-1")) for k, v in extra.items()], body)
+            # Every answer carries a Date, as the service's (and its CDN's) do; a custom one may send its own.
+            dated = {"date": format_datetime(self.sandbox.now(), usegmt=True)}
+            extra = dated | {name.lower(): value for name, value in extra.items()}
+            await _respond(send, status, [(k.encode(), v.encode("latin-1")) for k, v in extra.items()], body)
 
 
 async def _answer_of(app: Any, scope: Scope, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

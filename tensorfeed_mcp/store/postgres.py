@@ -100,6 +100,13 @@ MIGRATIONS = (
         PRIMARY KEY (fingerprint, tx_hash)
     );
     """,
+    # 2: before it, an answer with a lying clock (a Date in 2100, say) went into the ledger and moved it into the
+    # future for good; rows dated more than five minutes past the database's now are removed once.
+    """
+    DELETE FROM ledger_readings WHERE at > (extract(epoch FROM now()) * 1000)::bigint + 300000;
+    DELETE FROM ledger_calls WHERE at > (extract(epoch FROM now()) * 1000)::bigint + 300000;
+    DELETE FROM ledger_purchases WHERE at > (extract(epoch FROM now()) * 1000)::bigint + 300000;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -36,7 +36,7 @@ from tensorfeed_mcp.store import (
 if TYPE_CHECKING:
     import sqlite3
 
-SCHEMA_VERSION = 3  # 2: alert_outbox; 3: the ledger_* tables
+SCHEMA_VERSION = 4  # 2: alert_outbox; 3: the ledger_* tables; 4: the ledger repaired of rows dated in the future
 BUSY_TIMEOUT_MS = 5000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_rules (
@@ -85,6 +85,16 @@ CREATE TABLE IF NOT EXISTS ledger_purchases (
 ) WITHOUT ROWID;
 """
 # Times in the ledger tables are integer milliseconds since the epoch (UTC), as in ledger.py.
+FUTURE_MS = "(CAST(strftime('%s', 'now') AS INTEGER) * 1000 + 300000)"  # five minutes past this machine's now
+UPGRADES: dict[int, tuple[str, ...]] = {
+    # Before version 4 an answer with a lying clock (a Date in 2100, say) went into the ledger and moved it into
+    # the future for good; such rows are removed once. Since then none can be written.
+    4: tuple(
+        f"DELETE FROM {table} WHERE at > {FUTURE_MS}"
+        for table in ("ledger_readings", "ledger_calls", "ledger_purchases")
+    ),
+}
+"""Statements run once, when a file older than the version (the key) is opened; after SCHEMA's tables exist."""
 
 T = TypeVar("T")
 
@@ -329,8 +339,12 @@ class SqliteStore:
         import sqlite3
 
         db.execute("BEGIN IMMEDIATE")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         for statement in SCHEMA.split(";"):
             if statement.strip():
+                db.execute(statement)
+        for upgrade in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in UPGRADES.get(upgrade, ()):
                 db.execute(statement)
         db.execute("COMMIT")
         try:

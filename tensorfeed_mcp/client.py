@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -116,12 +117,18 @@ class TensorFeedClient:
     (`async with`), share freely. Given `http`, it uses that connection pool and leaves closing it to its owner."""
 
     def __init__(
-        self, settings: Settings, http: httpx2.AsyncClient | None = None, telemetry: Telemetry = NO_TELEMETRY
+        self,
+        settings: Settings,
+        http: httpx2.AsyncClient | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
+        on_token_refused: Callable[[], None] | None = None,
     ) -> None:
+        """`on_token_refused` is called whenever the service answers that it does not know the token."""
         self._settings = settings
         self._http = http
         self._owns_http = http is None
         self._telemetry = telemetry
+        self._on_token_refused = on_token_refused
         self._cache: dict[str, _Answer] = {}
         self._flights: dict[str, _Flight] = {}
 
@@ -238,6 +245,8 @@ class TensorFeedClient:
                 return await self._attempt(method, path, body, token, min(self._settings.timeout_seconds, remaining))
             except UpstreamError as exc:
                 exc.attempts = attempt
+                if isinstance(exc, TokenNotRecognisedError | TokenRequiredError) and self._on_token_refused:
+                    self._on_token_refused()
                 if not exc.retryable or attempt >= MAX_ATTEMPTS:
                     self._telemetry.upstream_error(type(exc).__name__)
                     raise

@@ -28,6 +28,8 @@ DEFAULT_SESSION_IDLE_SECONDS = 30 * 60.0
 DEFAULT_LEDGER_CALL_DAYS = 90
 MIN_LEDGER_CALL_DAYS = 7
 DEFAULT_TENANT_CALLS_PER_MINUTE = 120
+DEFAULT_NEW_TOKENS_PER_MINUTE = 60
+DEFAULT_LISTEN_STREAM_SECONDS = 600.0
 WebhookFormat = Literal["slack", "discord", "json"]
 LogFormat = Literal["text", "json"]
 WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
@@ -63,6 +65,8 @@ class Settings:
     multi_tenant: bool = False
     log_format: LogFormat = "text"
     tenant_calls_per_minute: int = DEFAULT_TENANT_CALLS_PER_MINUTE
+    new_tokens_per_minute: int = DEFAULT_NEW_TOKENS_PER_MINUTE
+    listen_stream_seconds: float = DEFAULT_LISTEN_STREAM_SECONDS
 
     @property
     def deadline_seconds(self) -> float:
@@ -274,6 +278,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         tenant_calls_per_minute=_count(
             env, "TENSORFEED_MCP_TENANT_CALLS_PER_MINUTE", DEFAULT_TENANT_CALLS_PER_MINUTE, minimum=1
         ),
+        new_tokens_per_minute=_count(
+            env, "TENSORFEED_MCP_NEW_TOKENS_PER_MINUTE", DEFAULT_NEW_TOKENS_PER_MINUTE, minimum=1
+        ),
+        listen_stream_seconds=_number(
+            env, "TENSORFEED_MCP_LISTEN_STREAM_SECONDS", DEFAULT_LISTEN_STREAM_SECONDS, minimum=1
+        )
+        or DEFAULT_LISTEN_STREAM_SECONDS,
     )
 
 

@@ -4,8 +4,7 @@ per-tenant rate limit with Retry-After), and the operations routes /healthz, /re
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from mcp.server import MCPServer
 from starlette.requests import Request
@@ -15,10 +14,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
 from tensorfeed_mcp.errors import ConfigurationError, StateStoreError
 from tensorfeed_mcp.http_app import MAX_REQUEST_BODY_BYTES, transport_security
+from tensorfeed_mcp.rate_limits import RateLimiter
 from tensorfeed_mcp.server import AccountRuntime
+from tensorfeed_mcp.tenants import Admission
 
 EXPECTED_BEARER = "'Authorization: Bearer tf_live_...' (tf_live_ followed by 64 hex characters)"
-MAX_BUCKETS = 100_000  # idle full buckets are dropped beyond this, so many one-off tokens cannot fill memory
 
 
 def check_hosted_settings(settings: Settings, transport: str) -> None:
@@ -54,54 +54,39 @@ def _unauthorised(description: str) -> Response:
     )
 
 
-class RateLimiter:
-    """A token bucket per tenant: `per_minute` requests a minute, in bursts of up to that many."""
-
-    def __init__(self, per_minute: int) -> None:
-        self._capacity = float(per_minute)
-        self._rate = per_minute / 60.0
-        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
-
-    def wait_seconds(self, tenant: str) -> float:
-        """0 when the request may go now (and it is counted), else how long until it could."""
-        now = time.monotonic()
-        tokens, at = self._buckets.get(tenant, (self._capacity, now))
-        tokens = min(self._capacity, tokens + (now - at) * self._rate)
-        if tokens < 1:
-            self._buckets[tenant] = (tokens, now)
-            return (1 - tokens) / self._rate
-        self._buckets[tenant] = (tokens - 1, now)
-        if len(self._buckets) > MAX_BUCKETS:
-            self._forget_full(now)
-        return 0.0
-
-    def _forget_full(self, now: float) -> None:
-        for tenant, (tokens, at) in list(self._buckets.items()):
-            if tokens + (now - at) * self._rate >= self._capacity:
-                del self._buckets[tenant]
-
-
 class TenantGate:
-    """ASGI middleware for the MCP endpoint: a request without a well-formed TensorFeed bearer gets a 401 that says
-    what to send (nothing goes upstream), and a tenant over its rate gets a 429 with Retry-After. The SDK's auth
-    layer (TensorFeedTokenVerifier) then checks the bearer again and hands it to the handlers."""
+    """ASGI middleware for the MCP endpoint, in front of the SDK: a request passes only with one Authorization header
+    carrying a token the service has accepted (`TenantAccounts.admit`), within its tenant's rate. Anything else is
+    answered here, and nothing of it is stored or held: a 401 that says what to send, a 400 for two headers, a 429
+    with Retry-After for a tenant over its rate or too many new tokens at once, a 503 when the service cannot be
+    asked."""
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, on_limited: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        admit: Callable[[str], Awaitable[Admission]],
+        limiter: RateLimiter,
+        on_limited: Callable[[], None],
+    ) -> None:
         self._app = app
+        self._admit = admit
         self._limiter = limiter
         self._on_limited = on_limited
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = self._refusal(scope) if scope["type"] == "http" and scope["path"].startswith("/mcp") else None
+        refusal = await self._refusal(scope) if scope["type"] == "http" and scope["path"].startswith("/mcp") else None
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         await self._app(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> Response | None:
+    async def _refusal(self, scope: Scope) -> Response | None:
         """The answer for a request that may not go on, or None."""
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = header.partition(" ")
+        headers = [value for name, value in scope["headers"] if name.lower() == b"authorization"]
+        if len(headers) > 1:
+            # The SDK would serve the first and a proxy might log the last: one request, one tenant.
+            return _refused(400, "invalid_request", "Send one Authorization header, not several.")
+        scheme, _, token = (headers[0] if headers else b"").decode("latin-1").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return _unauthorised(
@@ -121,19 +106,26 @@ class TenantGate:
                 status_code=405,
                 headers={"Allow": "POST"},
             )
+        admission = await self._admit(token)
+        if admission.verdict == "refused":
+            return _unauthorised(admission.reason)
+        if admission.verdict != "known":
+            status, code = (429, "too_many_new_tokens") if admission.verdict == "busy" else (503, "unavailable")
+            return _refused(status, code, admission.reason, admission.retry_after)
         wait = self._limiter.wait_seconds(token_fingerprint(token))
         if wait <= 0:
             return None
         self._on_limited()
         retry_after = max(1, math.ceil(wait))
-        return JSONResponse(
-            {
-                "error": "rate_limited",
-                "error_description": f"Too many requests for this token; try again in {retry_after} s.",
-            },
-            status_code=429,
-            headers={"Retry-After": str(retry_after)},
+        return _refused(
+            429, "rate_limited", f"Too many requests for this token; try again in {retry_after} s.", retry_after
         )
+
+
+def _refused(status: int, code: str, description: str, retry_after: int = 0) -> Response:
+    """An error answer as RFC 6750 words them, with Retry-After when a later try may pass."""
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    return JSONResponse({"error": code, "error_description": description}, status_code=status, headers=headers)
 
 
 class Operations:
@@ -188,4 +180,4 @@ def build_hosted_app(
         host=host,
     )
     limiter = RateLimiter(runtime.settings.tenant_calls_per_minute)
-    return TenantGate(app, limiter, metrics.rate_limited.inc), operations
+    return TenantGate(app, runtime.admit, limiter, metrics.rate_limited.inc), operations

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 HttpTransport = Literal["streamable-http", "sse"]
 MAX_REQUEST_BODY_BYTES = 256 * 1024  # MCP requests to this server are small; refuse anything bigger early
 SHUTDOWN_GRACE_SECONDS = 3
+DRAIN_NOTICE_SECONDS = 3.0  # hosted: how long readiness fails, the listener still answering, before it closes
 HEADER_TIMEOUT_SECONDS = 10
 MAX_CONNECTIONS = 100  # far below the usual 1,024 open files, so a flood cannot exhaust descriptors
 
@@ -37,11 +38,12 @@ MAX_CONNECTIONS = 100  # far below the usual 1,024 open files, so a flood cannot
 class BoundedH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a deadline for a request's headers and a cap on open connections.
 
-    uvicorn waits for headers forever, so slow-header clients (slowloris) could hold every descriptor. Here a
-    connection beyond MAX_CONNECTIONS is closed at once, and one whose request headers are not complete within
-    HEADER_TIMEOUT_SECONDS (of connecting, or of the previous response) is closed. The deadline is a timer of its
-    own: uvicorn cancels its keep-alive timer on any byte received, so a client sending headers a byte at a time
-    would otherwise never be timed out.
+    uvicorn waits for headers forever, so slow-header clients (slowloris) could hold every descriptor. Here one
+    whose request headers are not complete within HEADER_TIMEOUT_SECONDS (of connecting, or of the previous
+    response) is closed, and a connection beyond MAX_CONNECTIONS takes the place of the one that has waited longest
+    for its headers (so refreshing slow sockets cannot hold the cap), or is closed at once when every connection is
+    busy with a request. The deadline is a timer of its own: uvicorn cancels its keep-alive timer on any byte
+    received, so a client sending headers a byte at a time would otherwise never be timed out.
     """
 
     header_deadline: asyncio.TimerHandle | None = None
@@ -49,9 +51,19 @@ class BoundedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > MAX_CONNECTIONS:
-            _warn_once_a_minute(f"Refusing connections beyond {MAX_CONNECTIONS} open at once.")
-            transport.close()
-            return
+            waiting = [
+                other
+                for other in self.connections
+                if isinstance(other, BoundedH11Protocol) and other is not self and other.header_deadline is not None
+            ]
+            if not waiting:
+                _warn_once_a_minute(f"Refusing connections beyond {MAX_CONNECTIONS} open at once, all busy.")
+                transport.close()
+                return
+            _warn_once_a_minute(f"At {MAX_CONNECTIONS} connections: closing those waiting longest for headers.")
+            oldest = min(waiting, key=lambda other: other.header_deadline.when() if other.header_deadline else 0.0)
+            oldest._stop_header_deadline()
+            oldest.transport.close()
         self._start_header_deadline()
 
     def handle_events(self) -> None:
@@ -162,17 +174,30 @@ def build_http_app(
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server that first calls `on_exit` (which ends listen streams and, hosted, fails readiness) when
-    SIGTERM or SIGINT arrives; uvicorn then stops accepting connections and lets requests in flight finish within
-    the grace period."""
+    SIGTERM or SIGINT arrives, and then keeps answering for `notice_seconds`, so a load balancer polling readiness
+    sees it fail before the listener closes; uvicorn then stops accepting connections and lets requests in flight
+    finish within the grace period. A second signal ends the notice at once."""
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None], notice_seconds: float = 0.0) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+        self._notice_seconds = notice_seconds
+        self._stop_at: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
-        super().handle_exit(sig, frame)
+        if self._stop_at is None:
+            self._on_exit()
+            self._stop_at = time.monotonic() + self._notice_seconds
+        elif not self.should_exit:
+            self._stop_at = time.monotonic()
+        else:
+            super().handle_exit(sig, frame)  # during the drain, uvicorn's own: a second Ctrl-C forces the exit
         self._captured_signals.clear()  # else uvicorn re-raises it after the drain, and the process dies of it (143)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 async def serve_http(
@@ -186,11 +211,13 @@ async def serve_http(
     """Listen until SIGINT or SIGTERM; the store and account clients are opened once for the process."""
     settings = runtime.settings
     on_exit = runtime.end_listen_streams
+    notice = 0.0
     if settings.multi_tenant:
         from tensorfeed_mcp.hosted import build_hosted_app
 
         app, operations = build_hosted_app(runtime, server, host, extra_hosts)
         on_exit = operations.start_draining
+        notice = DRAIN_NOTICE_SECONDS
         # In-flight calls may take up to the upstream deadline; the drain waits for them.
         grace = math.ceil(settings.deadline_seconds) + 1
     else:
@@ -219,4 +246,4 @@ async def serve_http(
     async with runtime.open():
         mode = " (multi-tenant)" if settings.multi_tenant else ""
         print(f"tensorfeed-mcp listening on http://{shown_host}:{bound_port}{path}{mode}", file=sys.stderr, flush=True)
-        await DrainingServer(config, on_exit).serve(sockets=[sock])
+        await DrainingServer(config, on_exit, notice).serve(sockets=[sock])

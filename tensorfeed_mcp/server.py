@@ -26,7 +26,7 @@ from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import ListenHandler, ServerEvent
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import SessionMessage
-from mcp.shared.subscriptions import ResourceUpdated
+from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY, ResourceUpdated
 from mcp.types import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -40,6 +40,7 @@ from mcp.types import (
     SetLevelRequestParams,
     SubscribeRequestParams,
     SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
     TextContent,
     ToolAnnotations,
     UnsubscribeRequestParams,
@@ -79,7 +80,7 @@ from tensorfeed_mcp.models import (
 )
 from tensorfeed_mcp.store import Store, open_store
 from tensorfeed_mcp.telemetry import NO_TELEMETRY, Telemetry
-from tensorfeed_mcp.tenants import TenantAccounts, TensorFeedTokenVerifier, current_tenant, request_token
+from tensorfeed_mcp.tenants import Admission, TenantAccounts, TensorFeedTokenVerifier, current_tenant, request_token
 
 if TYPE_CHECKING:
     from tensorfeed_mcp.metrics import PrometheusTelemetry  # the hosted extra's library: imported only when hosting
@@ -95,6 +96,7 @@ INSTRUCTIONS = (
 HOSTED_INSTRUCTIONS = INSTRUCTIONS.replace("behind TENSORFEED_TOKEN", "whose token this request carries")
 TENSORFEED_ISSUER = "https://tensorfeed.ai"
 MAX_STREAMS_PER_TENANT = 10
+MAX_LISTEN_STREAMS = 50  # per process: half the connections it allows, so streams cannot take every slot
 SUMMARY_URI = "tensorfeed://account/summary"
 DASHBOARD_URI = "ui://tensorfeed/dashboard"
 ALERTS_URI = "tensorfeed://account/alerts"
@@ -181,10 +183,6 @@ tool_errors = reported_as(ToolError)
 resource_errors = reported_as(ResourceError)
 
 MODERN_PROTOCOL = "2026-07-28"
-STATELESS_SUBSCRIBE_REFUSAL = (
-    "This server is hosted for many users and keeps no sessions, so it cannot hold a 2025-era resources/subscribe. "
-    "Listen with subscriptions/listen (protocol 2026-07-28), or call check_spend_alerts to see alerts now."
-)
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=True)
 LOCAL_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
@@ -203,12 +201,19 @@ class TenantBus:
 
     def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
         """Called by the SDK in the listen request, so the request's tenant is known here. A hosted tenant may hold
-        MAX_STREAMS_PER_TENANT streams at once, so one token cannot take every connection a replica allows."""
+        MAX_STREAMS_PER_TENANT streams at once, and the process MAX_LISTEN_STREAMS, so streams cannot take every
+        connection it allows."""
         tenant = current_tenant()
         if tenant is not None and sum(held == tenant for held, _ in self._listeners.values()) >= MAX_STREAMS_PER_TENANT:
             raise MCPError(
                 INVALID_REQUEST,
                 f"This token already has {MAX_STREAMS_PER_TENANT} listen streams open here; close one first.",
+            )
+        if len(self._listeners) >= MAX_LISTEN_STREAMS:
+            raise MCPError(
+                INVALID_REQUEST,
+                f"This server already holds {MAX_LISTEN_STREAMS} listen streams, the most it keeps; listen again "
+                "shortly, or call check_spend_alerts to see alerts now.",
             )
         key = object()
         self._listeners[key] = (tenant or self._default_tenant, listener)
@@ -242,7 +247,7 @@ class AccountRuntime:
             self.metrics = self.telemetry = PrometheusTelemetry(self.active_tenants)
         own_token = settings.token if settings.token and TOKEN_PATTERN.fullmatch(settings.token) else None
         self.bus = TenantBus(token_fingerprint(own_token) if own_token else None)
-        self.listen = ListenHandler(self.bus)  # serves subscriptions/listen; end_listen_streams closes its streams
+        self._listen = ListenHandler(self.bus)  # serves subscriptions/listen; end_listen_streams closes its streams
         self.store: Store | None = None
         self._service: AccountService | None = None
         self._tenants: TenantAccounts | None = None
@@ -257,7 +262,7 @@ class AccountRuntime:
         async with open_store(settings) as store, AsyncExitStack() as stack, anyio.create_task_group() as group:
             if settings.multi_tenant:
                 http = await stack.enter_async_context(upstream_http_client(settings))
-                self._tenants = TenantAccounts(settings, http, store, self.telemetry)
+                self._tenants = TenantAccounts(settings, http, store, self.telemetry, settings.new_tokens_per_minute)
             else:
                 client = await stack.enter_async_context(TensorFeedClient(settings, telemetry=self.telemetry))
                 self._service = AccountService(settings, client, store)
@@ -282,10 +287,27 @@ class AccountRuntime:
             raise RuntimeError("The account service is not open yet.")
         return self._service
 
+    async def admit(self, token: str) -> Admission:
+        """Whether a hosted request's token (well formed) is one the service accepts; see TenantAccounts.admit."""
+        if self._tenants is None:
+            raise RuntimeError("Tokens are admitted only by an open hosted runtime.")
+        return await self._tenants.admit(token)
+
+    async def listen(
+        self, ctx: ServerRequestContext[Any], params: SubscriptionsListenRequestParams
+    ) -> SubscriptionsListenResult:
+        """subscriptions/listen. Hosted, a stream ends gracefully after TENSORFEED_MCP_LISTEN_STREAM_SECONDS (its
+        final result sent, so its client listens again, perhaps on another replica): none is held for good."""
+        if not self.settings.multi_tenant:
+            return await self._listen(ctx, params)
+        with anyio.move_on_after(self.settings.listen_stream_seconds):
+            return await self._listen(ctx, params)
+        return SubscriptionsListenResult(_meta={SUBSCRIPTION_ID_META_KEY: ctx.request_id})
+
     def end_listen_streams(self) -> None:
         """End every open listen stream gracefully (each gets its final result, so its client listens again
         elsewhere), so that a stopping server need not wait for them."""
-        self.listen.close()
+        self._listen.close()
 
     def active_tenants(self) -> int:
         """Tenants with a request in the last few minutes (hosted mode), else 0."""
@@ -342,8 +364,6 @@ class AccountRuntime:
 
     async def subscribe(self, ctx: ServerRequestContext[Any], params: SubscribeRequestParams) -> EmptyResult:
         """Legacy resources/subscribe: remember the connection, until it closes, so the watcher can tell it."""
-        if self.settings.multi_tenant:
-            raise MCPError(INVALID_REQUEST, STATELESS_SUBSCRIBE_REFUSAL)
         uri = str(params.uri)
         if uri not in (SUMMARY_URI, ALERTS_URI):
             raise MCPError(INVALID_PARAMS, f"Unknown resource {shown(uri)}; subscribable: {SUMMARY_URI}, {ALERTS_URI}.")
@@ -460,10 +480,12 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountRuntime]:
         token_verifier=TensorFeedTokenVerifier() if hosted else None,
     )
     server.telemetry = runtime.telemetry
-    # MCPServer has no public seam for the 2025-era resources/subscribe; its low-level server does.
+    # MCPServer has no public seam for the 2025-era resources/subscribe; its low-level server does. A hosted replica
+    # keeps no sessions to hold a subscription in, so it serves (and so advertises) none.
     lowlevel = server._lowlevel_server
-    lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, runtime.subscribe)
-    lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, runtime.unsubscribe)
+    if not hosted:
+        lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, runtime.subscribe)
+        lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, runtime.unsubscribe)
     # Registering the handler is what declares the logging capability, which a server that sends logs must.
     lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, runtime.set_log_level)
     lowlevel.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, runtime.listen)

@@ -203,29 +203,20 @@ def closed_by_server(connection: socket.socket, deadline: float) -> bool:
         return False
 
 
-async def balance_over_http(url: str) -> int:
-    """Initialize a session and read the balance; retried while the server turns connections away."""
-    while True:
-        try:
-            async with Client(streamable_http_client(url), mode="legacy") as client:
-                balance: int = (await Caller(client).ok("get_account_balance"))["balance"]
-                return balance
-        except Exception:
-            await anyio.sleep(0.2)
-
-
-async def test_slow_header_connections_are_closed_and_real_clients_get_through(
+async def test_slow_header_connections_give_way_to_a_real_client_and_are_all_closed(
     sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
-    """More than MAX_CONNECTIONS slowloris sockets (one of them after a first answer) are all closed within the
-    header deadline, a real client completes within that deadline plus a margin, and the server logs a line or
-    two about it, not thousands."""
+    """Three times MAX_CONNECTIONS slowloris sockets (one of them after a first answer): each new connection at the
+    cap takes the place of the one waiting longest for its headers, so a real client is served at its first try
+    without waiting for them to time out; every slow one is closed within the header deadline, and the server logs
+    a line about it, not thousands."""
     with serving(settings_for(sandbox, tmp_path)) as served:
         opened = time.monotonic()
-        slow = [answered_then_slow(served.port), *open_slow_connections(served.port, MAX_CONNECTIONS + 10)]
+        slow = [answered_then_slow(served.port), *open_slow_connections(served.port, 3 * MAX_CONNECTIONS)]
         try:
-            with anyio.fail_after(HEADER_TIMEOUT_SECONDS + MARGIN_SECONDS):
-                balance = await balance_over_http(served.url)
+            with anyio.fail_after(HEADER_TIMEOUT_SECONDS / 2):  # a bound: it must not wait out the slow ones
+                async with Client(streamable_http_client(served.url), mode="legacy") as client:
+                    balance = (await Caller(client).ok("get_account_balance"))["balance"]
             deadline = opened + HEADER_TIMEOUT_SECONDS + MARGIN_SECONDS
             still_open = [i for i, connection in enumerate(slow) if not closed_by_server(connection, deadline)]
         finally:
@@ -234,7 +225,7 @@ async def test_slow_header_connections_are_closed_and_real_clients_get_through(
     assert balance == sandbox.control.account("busy")["balance"]
     assert still_open == []
     output = served.output()
-    assert output.count(f"Refusing connections beyond {MAX_CONNECTIONS}") == 1
+    assert output.count(f"At {MAX_CONNECTIONS} connections") == 1
     assert len(output.splitlines()) < 40, output
 
 

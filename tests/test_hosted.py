@@ -29,7 +29,7 @@ from mcp import Client
 from mcp.client.subscriptions import Subscription
 from mcp.server.subscriptions import ServerEvent
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from mcp.types import CONNECTION_CLOSED
+from mcp.types import CONNECTION_CLOSED, METHOD_NOT_FOUND
 from postgres import PostgresServer
 from prometheus_client.parser import text_string_to_metric_families
 from replicas import (
@@ -44,6 +44,7 @@ from replicas import (
 )
 
 from tensorfeed_mcp.config import token_fingerprint
+from tensorfeed_mcp.http_app import DRAIN_NOTICE_SECONDS
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, sandbox_token
 from tensorfeed_mcp.server import MAX_STREAMS_PER_TENANT
 from tensorfeed_mcp.store.postgres import SCHEMA_VERSION
@@ -245,6 +246,7 @@ async def test_forty_tenants_at_once_over_both_replicas_never_get_another_tenant
         control.create_account(name, 1000 + 37 * number, 100 + number if number % 3 else None)
     accounts = {name: control.account(name) for name in MANY}
     reads = READS[:3]  # check_spend_alerts reads the same three paths
+    before_first = control.upstream_requests()
     async with AsyncExitStack() as stack:
         by_name = {
             name: Caller(
@@ -264,12 +266,12 @@ async def test_forty_tenants_at_once_over_both_replicas_never_get_another_tenant
                 for name in MANY:
                     group.start_soon(tenant, name)
 
-        before_first = control.upstream_requests()
         await one_round()
         before_second = control.upstream_requests()
         await one_round()
         after_second = control.upstream_requests()
-    assert before_second - before_first == len(MANY) * len(reads)  # one upstream request per tenant and path
+    # One upstream request per tenant and path: the check of a new token is its tenant's first balance read.
+    assert before_second - before_first == len(MANY) * len(reads)
     assert after_second == before_second  # the second round was answered from the caches alone
 
 
@@ -308,10 +310,11 @@ async def test_a_transition_seen_by_one_replica_reaches_that_tenants_listeners_o
         y_on_b.listen(resource_subscriptions=[ALERTS_URI]) as y_stream,
     ):
         for name in tenants:
+            # 300 -> 150, below the floor, before A first reads the balance (and caches it, for 60 s here)
+            control.add_calls(name, ENDPOINT, 50, count=3)
             await on_a[name].ok("set_spend_alert", kind="balance_below", threshold=200, name="floor")
         streams = {"listen-x": x_stream, "listen-y": y_stream}
         for name, other in [("listen-x", "listen-y"), ("listen-y", "listen-x")]:
-            control.add_calls(name, ENDPOINT, 50, count=3)  # 300 -> 150, below the floor
             check = await on_a[name].ok("check_spend_alerts")
             assert [(alert["name"], alert["status"]) for alert in check["alerts"]] == [("floor", "triggered")]
             with anyio.fail_after(DEADLINE_SECONDS):
@@ -367,11 +370,13 @@ async def test_a_replica_killed_mid_call_costs_a_client_one_retry_and_loses_noth
     assert tenant.retries == 1
 
 
-async def test_sigterm_finishes_the_call_in_flight_ends_listen_streams_is_never_ready_again_and_exits_0(
+async def test_sigterm_fails_readiness_for_a_notice_then_finishes_the_call_in_flight_and_exits_0(
     sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
-    """An open listen stream does not hold the drain up: it is ended (gracefully, so its client listens again
-    elsewhere) and the replica exits well within its grace period (the upstream deadline, 21 s here)."""
+    """After SIGTERM /readyz answers 503 while the listener still answers (the notice), then the listener closes
+    with a call still in flight, which completes. An open listen stream does not hold the drain up: it is ended
+    (gracefully, so its client listens again elsewhere) and the replica exits well within its grace period (the
+    upstream deadline, 21 s here)."""
     env = replica_env(sandbox.api_url, state_dir=tmp_path, TENSORFEED_CACHE_SECONDS="0")
     with recorded_replicas(env, tmp_path, 1) as [replica]:
         ready = httpx2.get(replica.base_url + "/readyz", timeout=DEADLINE_SECONDS)
@@ -384,7 +389,7 @@ async def test_sigterm_finishes_the_call_in_flight_ends_listen_streams_is_never_
         ):
             caller = by_name["busy"]
             await caller.schemas()  # so the call's result needs no further request to validate
-            sandbox.control.set_fault("slow", count=1, delay_seconds=2)
+            sandbox.control.set_fault("slow", count=1, delay_seconds=DRAIN_NOTICE_SECONDS + 2)
             upstream_before = sandbox.control.upstream_requests()
             answers: list[dict[str, Any]] = []
             readiness: list[tuple[int, str]] = []
@@ -416,7 +421,7 @@ async def test_sigterm_finishes_the_call_in_flight_ends_listen_streams_is_never_
                     await stream_ended.wait()
         code = await anyio.to_thread.run_sync(replica.process.wait, DEADLINE_SECONDS)
     assert answers[0]["balance"] == expected
-    assert set(readiness) <= {(503, '{"status":"draining"}')}  # never ready again once told to stop
+    assert readiness and set(readiness) == {(503, '{"status":"draining"}')}  # never ready again once told to stop
     assert refused_while_in_flight
     assert code == 0
 
@@ -505,17 +510,21 @@ async def test_metrics_count_tool_calls_per_tool_and_name_no_tenant(pair: list[S
             assert form not in text
 
 
-async def test_a_2025_subscription_is_refused_with_the_way_to_listen_and_the_server_keeps_answering(
+async def test_a_2025_client_is_told_resources_cannot_be_subscribed_and_a_try_is_refused(
     sandbox: RunningSandbox, pair: list[ServerProcess]
 ) -> None:
+    """A replica keeps no sessions to hold a 2025-era subscription in: it advertises none, refuses one asked for
+    anyway, and keeps answering."""
     async with callers(pair[1].url, ["low"], "legacy") as by_name:
         client: Client = by_name["low"].client
+        resources = client.server_capabilities.resources
+        assert resources is not None and not resources.subscribe
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MCPDeprecationWarning)  # resources/subscribe is the 2025-era way
             with pytest.raises(MCPError) as refused:
                 await client.subscribe_resource(ALERTS_URI)
         record(refused.value)
-        assert "subscriptions/listen" in str(refused.value)
+        assert refused.value.error.code == METHOD_NOT_FOUND
         balance = await by_name["low"].ok("get_account_balance")
     assert balance["balance"] == sandbox.control.account("low")["balance"]
 

@@ -22,6 +22,8 @@ REDACTED = "[redacted]"
 TOKEN_PATTERN = re.compile(r"tf_live_[0-9a-f]{64}")
 # Anything that looks like a token, complete or not, for redaction from logs.
 TOKEN_LIKE = re.compile(r"tf_live_[^\s\"'<>,;]*")
+DATABASE_URL_EXAMPLE = "postgresql://user:password@host:5432/database"
+UNENCODED_IN_CREDENTIALS = re.compile(r"[/\s]|%(?![0-9A-Fa-f]{2})")
 MIN_ALERT_POLL_SECONDS = 30.0
 DEFAULT_MAX_SESSIONS = 32
 DEFAULT_SESSION_IDLE_SECONDS = 30 * 60.0
@@ -298,20 +300,39 @@ def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> 
 
 
 def _database_url(environ: Mapping[str, str]) -> str | None:
-    """TENSORFEED_MCP_DATABASE_URL: a postgresql:// (or postgres://) URL; its password is never shown."""
+    """TENSORFEED_MCP_DATABASE_URL, checked (see checked_database_url); its user name and password are never shown."""
     raw = environ.get("TENSORFEED_MCP_DATABASE_URL", "").strip()
-    if not raw:
-        return None
-    try:
-        parts = urlsplit(raw)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("postgresql", "postgres"):
+    return checked_database_url(raw) if raw else None
+
+
+def checked_database_url(url: str) -> str:
+    """`url` if it is a postgresql:// (or postgres://) URL whose user name and password every reader finds alike,
+    else a ConfigurationError that shows no part of it.
+
+    libpq ends the user name and password at the first @ and takes none before a /, where other readers differ:
+    an unencoded @ or / there would put part of the password into the host, port or database it names in errors.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):  # libpq reads any other prefix as key=value text, echoed in errors
         raise ConfigurationError(
-            "TENSORFEED_MCP_DATABASE_URL is not a PostgreSQL URL; give one like "
-            "postgresql://user:password@host:5432/database (leave it empty for the local SQLite file)."
+            f"TENSORFEED_MCP_DATABASE_URL is not a PostgreSQL URL; give one like {DATABASE_URL_EXAMPLE} (leave it "
+            "empty for the local SQLite file)."
         )
-    return raw
+    credentials, at, after = rest.partition("@")
+    if at and ("@" in after or not credentials.isprintable() or UNENCODED_IN_CREDENTIALS.search(credentials)):
+        raise ConfigurationError(
+            "TENSORFEED_MCP_DATABASE_URL has a character in its user name or password that must be percent-encoded, "
+            "so it is not used (nor shown): write % as %25, / as %2F, @ as %40 and a space as %20 there, and any "
+            "other @ in the URL as %40; for example postgresql://user:pa%40ss@host:5432/database."
+        )
+    return url
+
+
+def database_password(url: str) -> str | None:
+    """The password of a URL that checked_database_url accepted, as written (still percent-encoded), if it has one."""
+    credentials, at, _ = url.partition("://")[2].partition("@")
+    _, colon, password = credentials.partition(":")
+    return password if at and colon else None
 
 
 def hosted_extra_missing(needed_for: str) -> ConfigurationError:
@@ -373,9 +394,9 @@ class SecretRedactor(logging.Filter):
 
 def redact_logs(settings: Settings) -> None:
     """Put a SecretRedactor on every handler now configured (ours, and uvicorn's once it has set up its own)."""
-    database_password = urlsplit(settings.database_url).password if settings.database_url else None
+    password = database_password(settings.database_url) if settings.database_url else None
     redactor = SecretRedactor(
-        [settings.token, settings.mcp_auth_token, settings.alert_webhook_url, settings.database_url, database_password]
+        [settings.token, settings.mcp_auth_token, settings.alert_webhook_url, settings.database_url, password]
     )
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
     for logger in loggers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -13,7 +14,7 @@ from typing import Literal, get_args
 from urllib.parse import SplitResult, urlsplit
 
 from tensorfeed_mcp.alerts import make_rule
-from tensorfeed_mcp.errors import ConfigurationError, InvalidInputError, TokenFormatError, TokenMissingError
+from tensorfeed_mcp.errors import ConfigurationError, InvalidInputError, TokenFormatError, TokenMissingError, shown
 from tensorfeed_mcp.models import AlertRule
 
 DEFAULT_API_URL = "https://tensorfeed.ai/api"
@@ -24,12 +25,24 @@ TOKEN_PATTERN = re.compile(r"tf_live_[0-9a-f]{64}")
 TOKEN_LIKE = re.compile(r"tf_live_[^\s\"'<>,;]*")
 DATABASE_URL_EXAMPLE = "postgresql://user:password@host:5432/database"
 UNENCODED_IN_CREDENTIALS = re.compile(r"[/\s]|%(?![0-9A-Fa-f]{2})")
+# Numeric settings: ASCII digits only (int() and float() also read other scripts' digits, float() "1e3", "inf" and
+# "1_0"), a decimal point where decimals make sense, and an upper bound that catches a typo long before a value could
+# overflow anything.
+WHOLE_NUMBER = re.compile(r"[0-9]+")
+DECIMAL_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 MIN_ALERT_POLL_SECONDS = 30.0
+MAX_ALERT_POLL_SECONDS = 24 * 3600.0
+MAX_TIMEOUT_SECONDS = 120.0
+MAX_CACHE_SECONDS = 3600.0
 DEFAULT_MAX_SESSIONS = 32
+MAX_SESSIONS = 1_000
 DEFAULT_SESSION_IDLE_SECONDS = 30 * 60.0
+MAX_SESSION_IDLE_SECONDS = 24 * 3600.0
 DEFAULT_LEDGER_CALL_DAYS = 90
 MIN_LEDGER_CALL_DAYS = 7
+MAX_LEDGER_CALL_DAYS = 3_650
 DEFAULT_TENANT_CALLS_PER_MINUTE = 120
+MAX_TENANT_CALLS_PER_MINUTE = 10_000
 WebhookFormat = Literal["slack", "discord", "json"]
 LogFormat = Literal["text", "json"]
 WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
@@ -92,16 +105,29 @@ class Settings:
         return self.token
 
 
-def _number(environ: Mapping[str, str], name: str, default: float | None, *, minimum: float) -> float | None:
+def _decimal(raw: str) -> float:
+    """`raw` as a number if it is ASCII digits with at most one decimal point, else InvalidInputError."""
+    if not DECIMAL_NUMBER.fullmatch(raw):
+        raise InvalidInputError("give a number in digits, with at most one decimal point.")
+    return float(raw)
+
+
+def _number(
+    environ: Mapping[str, str], name: str, default: float | None, *, minimum: float, maximum: float
+) -> float | None:
+    """A decimal setting from `minimum` to `maximum`, or `default` when it is empty."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number; give a number of at least {minimum:g}.") from None
-    if not value >= minimum or value == float("inf"):
-        raise ConfigurationError(f"{name}={raw!r} is out of range; give a finite number of at least {minimum:g}.")
+        value = _decimal(raw)
+    except InvalidInputError:
+        value = math.nan
+    if not minimum <= value <= maximum:
+        raise ConfigurationError(
+            f"{name}={shown(raw, 20)} is not accepted; give a number from {minimum:,g} to {maximum:,g} "
+            "(digits, with at most one decimal point)."
+        )
     return value
 
 
@@ -213,12 +239,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _count(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def _count(environ: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """A whole-number setting from `minimum` to `maximum`, or `default` when it is empty."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < minimum:
-        raise ConfigurationError(f"{name}={raw[:20]!r} is not a whole number of at least {minimum}.")
+    # More digits than the maximum has is out of range, and int() is never given thousands of them (it refuses those).
+    in_range = WHOLE_NUMBER.fullmatch(raw) and len(raw.lstrip("0")) <= len(str(maximum))
+    if not in_range or not minimum <= int(raw) <= maximum:
+        raise ConfigurationError(
+            f"{name}={shown(raw, 20)} is not accepted; give a whole number from {minimum:,} to {maximum:,} "
+            "(digits only)."
+        )
     return int(raw)
 
 
@@ -231,7 +263,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if env.get("TENSORFEED_POLL_SECONDS", "").strip()
         else ("TENSORFEED_ALERT_POLL_SECONDS")
     )
-    poll = _number(env, poll_variable, None, minimum=0)
+    poll = _number(env, poll_variable, None, minimum=0, maximum=MAX_ALERT_POLL_SECONDS)
     if poll == 0:
         poll = None
     elif poll is not None and poll < MIN_ALERT_POLL_SECONDS:
@@ -243,10 +275,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raw = env.get(name, "").strip()
         if raw:
             try:
-                rules.append(make_rule(kind, float(raw), source="env"))
-            except (ValueError, InvalidInputError) as exc:
-                reason = exc if isinstance(exc, InvalidInputError) else "it is not a number"
-                raise ConfigurationError(f"{name}={raw!r} is not a usable alert threshold: {reason}") from None
+                rules.append(make_rule(kind, _decimal(raw), source="env"))
+            except InvalidInputError as exc:
+                raise ConfigurationError(f"{name}={shown(raw, 20)} is not a usable alert threshold: {exc}") from None
     state_dir = env.get("TENSORFEED_MCP_STATE_DIR", "").strip()
     webhook_url = env.get("TENSORFEED_ALERT_WEBHOOK_URL", "").strip() or None
     if webhook_url is not None:
@@ -254,27 +285,40 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         token=_token(env),
         api_url=_api_url(env),
-        timeout_seconds=_number(env, "TENSORFEED_TIMEOUT_SECONDS", 10.0, minimum=0.1) or 10.0,
-        cache_seconds=_number(env, "TENSORFEED_CACHE_SECONDS", 5.0, minimum=0) or 0.0,
+        timeout_seconds=_number(env, "TENSORFEED_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=MAX_TIMEOUT_SECONDS)
+        or 10.0,
+        cache_seconds=_number(env, "TENSORFEED_CACHE_SECONDS", 5.0, minimum=0, maximum=MAX_CACHE_SECONDS) or 0.0,
         state_dir=Path(state_dir).expanduser() if state_dir else None,
         alert_poll_seconds=poll,
         env_alert_rules=tuple(rules),
         mcp_auth_token=env.get("TENSORFEED_MCP_AUTH_TOKEN", "").strip() or None,
-        max_sessions=_count(env, "TENSORFEED_MCP_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, minimum=1),
+        max_sessions=_count(env, "TENSORFEED_MCP_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, minimum=1, maximum=MAX_SESSIONS),
         session_idle_seconds=_number(
-            env, "TENSORFEED_MCP_SESSION_IDLE_SECONDS", DEFAULT_SESSION_IDLE_SECONDS, minimum=10
+            env,
+            "TENSORFEED_MCP_SESSION_IDLE_SECONDS",
+            DEFAULT_SESSION_IDLE_SECONDS,
+            minimum=10,
+            maximum=MAX_SESSION_IDLE_SECONDS,
         )
         or DEFAULT_SESSION_IDLE_SECONDS,
         alert_webhook_url=webhook_url,
         alert_webhook_format=webhook_format(webhook_url or "", env.get("TENSORFEED_ALERT_WEBHOOK_FORMAT", "")),
         ledger_call_days=_count(
-            env, "TENSORFEED_LEDGER_CALL_DAYS", DEFAULT_LEDGER_CALL_DAYS, minimum=MIN_LEDGER_CALL_DAYS
+            env,
+            "TENSORFEED_LEDGER_CALL_DAYS",
+            DEFAULT_LEDGER_CALL_DAYS,
+            minimum=MIN_LEDGER_CALL_DAYS,
+            maximum=MAX_LEDGER_CALL_DAYS,
         ),
         database_url=_database_url(env),
         multi_tenant=_switch(env, "TENSORFEED_MCP_MULTI_TENANT"),
         log_format=_choice(env, "TENSORFEED_MCP_LOG_FORMAT", ("text", "json")),  # type: ignore[arg-type]
         tenant_calls_per_minute=_count(
-            env, "TENSORFEED_MCP_TENANT_CALLS_PER_MINUTE", DEFAULT_TENANT_CALLS_PER_MINUTE, minimum=1
+            env,
+            "TENSORFEED_MCP_TENANT_CALLS_PER_MINUTE",
+            DEFAULT_TENANT_CALLS_PER_MINUTE,
+            minimum=1,
+            maximum=MAX_TENANT_CALLS_PER_MINUTE,
         ),
     )
 

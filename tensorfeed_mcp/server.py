@@ -710,10 +710,28 @@ async def serve_stdio(server: MCPServer[AccountRuntime]) -> None:
 
 
 def _malformed_line_error(exc: Exception) -> JSONRPCError:
+    """The answer to a line the SDK could not read as a message: a parse error, else an invalid request (invalid
+    params when a request's params are not an object), with the request's id when the line holds a readable one."""
     not_json = isinstance(exc, ValidationError) and any(error["type"] == "json_invalid" for error in exc.errors())
-    code, message = (
-        (PARSE_ERROR, "Parse error: the line is not valid JSON.")
-        if not_json
-        else (INVALID_REQUEST, "Invalid request: the line is JSON but not a JSON-RPC 2.0 message MCP accepts.")
-    )
-    return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message))
+    line = _rejected_object(exc)
+    request_id = line.get("id") if "method" in line else None  # a broken response is no request to answer
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        request_id = None
+    if not_json:
+        code, message = PARSE_ERROR, "Parse error: the line is not valid JSON."
+    elif request_id is not None and not isinstance(line.get("params", {}), dict):
+        code, message = INVALID_PARAMS, "Invalid params: a request's params must be a JSON object."
+    else:
+        code, message = INVALID_REQUEST, "Invalid request: the line is JSON but not a JSON-RPC 2.0 message MCP accepts."
+    return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=message))
+
+
+def _rejected_object(exc: Exception) -> dict[str, Any]:
+    """The JSON object a line held, read back from the SDK's validation error (pydantic gives the whole object as
+    the input of a missing field, and a request lacks the result of a response); empty when there is none."""
+    if isinstance(exc, ValidationError):
+        for error in exc.errors():
+            line = error.get("input")
+            if error["type"] == "missing" and len(error["loc"]) == 2 and isinstance(line, dict):
+                return line
+    return {}

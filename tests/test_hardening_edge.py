@@ -397,6 +397,27 @@ def test_malformed_stdio_lines_get_json_rpc_errors_and_the_server_goes_on(
     assert initialized["id"] == INITIALIZE["id"] and initialized["result"]["serverInfo"]["name"] == "tensorfeed"
 
 
+def test_a_request_whose_params_are_not_an_object_gets_an_error_with_its_id_over_stdio(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """params as an array or a string: -32602 answering that request's id (a client waits for that id), and the
+    same process goes on serving."""
+    with raw_stdio_server(settings_for(sandbox, tmp_path), tmp_path) as (send, answer):
+        send(json.dumps(INITIALIZE).encode() + b"\n")
+        assert answer()["id"] == INITIALIZE["id"]
+        send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+        errors = []
+        for request_id, params in ((7, [1, 2]), ("eight", "text"), (9, [])):
+            request = {"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": params}
+            send(json.dumps(request).encode() + b"\n")
+            errors.append(answer())
+        send(b'{"jsonrpc": "2.0", "id": 10, "method": "tools/list"}\n')
+        listed = answer()
+    assert [(error["id"], error["error"]["code"]) for error in errors] == [(7, -32602), ("eight", -32602), (9, -32602)]
+    assert all("params must be a JSON object" in error["error"]["message"] for error in errors)
+    assert listed["id"] == 10 and "get_account_balance" in {tool["name"] for tool in listed["result"]["tools"]}
+
+
 async def test_the_summary_resource_is_compact_utf8_json_shaped_like_the_tools(
     fresh_sandbox: RunningSandbox, tmp_path: Path
 ) -> None:

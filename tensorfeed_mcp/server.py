@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.resources import files
 from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar, get_args
@@ -18,8 +18,9 @@ from mcp.server.apps import Apps
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import MCPServerError, ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import MCPServerError, ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.session import ServerSession
 from mcp.server.stdio import stdio_server
@@ -46,6 +47,7 @@ from mcp.types import (
 )
 from pydantic import (
     AnyHttpUrl,
+    AnyUrl,
     Field,
     StrictFloat,
     StrictInt,
@@ -369,8 +371,8 @@ class AccountRuntime:
 
 class AccountServer(MCPServer[AccountRuntime]):
     """MCPServer that checks a call's arguments itself first, so the caller reads what is accepted, whose text
-    block is the structured result as compact JSON (the SDK indents it, which costs a model's context), and that
-    reports each call to the runtime's telemetry."""
+    block is the structured result as compact JSON (the SDK indents it, which costs a model's context), that
+    reports each call to the runtime's telemetry, and that names an unknown resource by the start of its URI only."""
 
     telemetry: Telemetry = NO_TELEMETRY
 
@@ -391,6 +393,17 @@ class AccountServer(MCPServer[AccountRuntime]):
         if isinstance(result, CallToolResult) and result.structured_content is not None:
             result.content = [TextContent(text=compact_json(result.structured_content))]
         return result
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[AccountRuntime, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        """An unknown URI is refused (invalid params) showing at most its first characters, and what can be read;
+        the SDK would echo the whole URI, in the message and again in the error's data."""
+        try:
+            return await super().read_resource(uri, context)
+        except ResourceNotFoundError:
+            readable = ", ".join(str(resource.uri) for resource in await self.list_resources())
+            raise MCPError(INVALID_PARAMS, f"Unknown resource {shown(str(uri))}; readable: {readable}.") from None
 
 
 def account_of(ctx: Context[AccountRuntime]) -> AccountService:

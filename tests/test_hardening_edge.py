@@ -24,6 +24,7 @@ from conftest import Caller, console_script, eventually, read_recorded, record, 
 from mcp import Client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from mcp.types import LoggingMessageNotificationParams
 from test_http import INITIALIZE, MCP_HEADERS, clean_env, serving
 from test_sandbox import timestamps_in
@@ -416,6 +417,24 @@ def test_a_request_whose_params_are_not_an_object_gets_an_error_with_its_id_over
     assert [(error["id"], error["error"]["code"]) for error in errors] == [(7, -32602), ("eight", -32602), (9, -32602)]
     assert all("params must be a JSON object" in error["error"]["message"] for error in errors)
     assert listed["id"] == 10 and "get_account_balance" in {tool["name"] for tool in listed["result"]["tools"]}
+
+
+async def test_reading_an_unknown_resource_with_a_huge_uri_echoes_only_its_start(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A 100,000-character URI: invalid params, a short message with the URI's start and what can be read, nothing
+    of its tail in the error's data or the server's log."""
+    tail = "q" * 100_000
+    async with stdio_client_of(settings_for(sandbox, tmp_path), tmp_path) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.read_resource(f"tensorfeed://account/{tail}")
+        summary = await client.read_resource(SUMMARY_URI)  # and the server goes on
+    error = refused.value.error
+    record(error.model_dump_json())
+    assert error.code == -32602 and len(error.model_dump_json()) < SHORT_MESSAGE, error.message[:SHORT_MESSAGE]
+    assert error.message.startswith("Unknown resource 'tensorfeed://account/qqq") and SUMMARY_URI in error.message
+    assert "q" * 100 not in read_recorded(tmp_path / "stderr.log")
+    assert summary.contents
 
 
 async def test_the_summary_resource_is_compact_utf8_json_shaped_like_the_tools(

@@ -35,6 +35,7 @@ from mcp.types import (
     CallToolResult,
     EmptyResult,
     ErrorData,
+    GetPromptResult,
     InputRequiredResult,
     JSONRPCError,
     LoggingLevel,
@@ -156,21 +157,29 @@ def explained(message: str) -> WrapValidator:
     return WrapValidator(validate)
 
 
+def unknown_arguments(owner: str, given: Iterable[str], accepted: list[str]) -> str | None:
+    """The refusal of the names in `given` that `owner` (a tool or a prompt) does not take, saying what it accepts;
+    None when it takes them all."""
+    unknown = [name for name in given if name not in accepted]
+    if not unknown:
+        return None
+    names = ", ".join(shown(name) for name in unknown[:5])
+    return f"{owner} does not take {names}. It accepts: {', '.join(accepted) or 'no arguments'}."
+
+
 def check_arguments(tool: Tool, arguments: dict[str, Any]) -> None:
     """Refuse unknown, missing and invalid arguments in our own words (never pydantic's, nor the value itself)."""
     accepted = list(tool.parameters.get("properties", {}))
-    listing = ", ".join(accepted) or "no arguments"
-    unknown = [name for name in arguments if name not in accepted]
-    if unknown:
-        names = ", ".join(shown(name) for name in unknown[:5])
-        raise ToolError(f"{tool.name} does not take {names}. It accepts: {listing}.")
+    refusal = unknown_arguments(tool.name, arguments, accepted)
+    if refusal:
+        raise ToolError(refusal)
     try:
         tool.fn_metadata.validate_arguments(arguments)
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else "arguments"
         if error["type"] == "missing":
-            raise ToolError(f"{tool.name} needs the argument {name!r}. It accepts: {listing}.") from None
+            raise ToolError(f"{tool.name} needs the argument {name!r}. It accepts: {', '.join(accepted)}.") from None
         raise ToolError(error["msg"] if error["type"] == "invalid_argument" else f"{name} is not valid.") from None
 
 
@@ -372,7 +381,8 @@ class AccountRuntime:
 class AccountServer(MCPServer[AccountRuntime]):
     """MCPServer that checks a call's arguments itself first, so the caller reads what is accepted, whose text
     block is the structured result as compact JSON (the SDK indents it, which costs a model's context), that
-    reports each call to the runtime's telemetry, and that names an unknown resource by the start of its URI only."""
+    reports each call to the runtime's telemetry, and that refuses an unknown resource, prompt or prompt argument
+    itself, in its own words."""
 
     telemetry: Telemetry = NO_TELEMETRY
 
@@ -404,6 +414,20 @@ class AccountServer(MCPServer[AccountRuntime]):
         except ResourceNotFoundError:
             readable = ", ".join(str(resource.uri) for resource in await self.list_resources())
             raise MCPError(INVALID_PARAMS, f"Unknown resource {shown(str(uri))}; readable: {readable}.") from None
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[AccountRuntime, Any] | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        """An unknown prompt or argument is refused as invalid params, naming what is accepted; the SDK would answer
+        code 0 with "Error rendering prompt" and log a traceback."""
+        prompts = {prompt.name: prompt for prompt in await self.list_prompts()}
+        prompt = prompts.get(name)
+        if prompt is None:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt {shown(name)}; prompts: {', '.join(prompts)}.")
+        refusal = unknown_arguments(name, arguments or {}, [argument.name for argument in prompt.arguments or []])
+        if refusal:
+            raise MCPError(INVALID_PARAMS, refusal)
+        return await super().get_prompt(name, arguments, context)
 
 
 def account_of(ctx: Context[AccountRuntime]) -> AccountService:

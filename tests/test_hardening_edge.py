@@ -31,6 +31,7 @@ from test_sandbox import timestamps_in
 
 from tensorfeed_mcp.alerts import MAX_NAME_LENGTH, make_rule
 from tensorfeed_mcp.config import Settings, token_fingerprint
+from tensorfeed_mcp.errors import shown
 from tensorfeed_mcp.http_app import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS, build_http_app
 from tensorfeed_mcp.models import MAX_UPSTREAM_TEXT, is_unsafe_char
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
@@ -435,6 +436,26 @@ async def test_reading_an_unknown_resource_with_a_huge_uri_echoes_only_its_start
     assert error.message.startswith("Unknown resource 'tensorfeed://account/qqq") and SUMMARY_URI in error.message
     assert "q" * 100 not in read_recorded(tmp_path / "stderr.log")
     assert summary.contents
+
+
+async def test_a_prompt_with_an_unknown_argument_or_name_is_invalid_params_without_a_traceback(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """spend_review takes no argument: one given is named, with what is accepted; an unknown prompt likewise."""
+    async with stdio_client_of(settings_for(sandbox, tmp_path), tmp_path) as client:
+        refusals = []
+        for name, arguments in (("spend_review", {"period": "week"}), ("spend_reveiw" + "w" * 1000, None)):
+            with pytest.raises(MCPError) as refused:
+                await client.get_prompt(name, arguments)
+            record(refused.value.error.model_dump_json())
+            refusals.append(refused.value.error)
+        review = await client.get_prompt("spend_review")
+    assert [(error.code, error.message) for error in refusals] == [
+        (-32602, "spend_review does not take 'period'. It accepts: no arguments."),
+        (-32602, f"Unknown prompt {shown('spend_reveiw' + 'w' * 1000)}; prompts: spend_review."),
+    ]
+    assert "get_spend_cap" in getattr(review.messages[0].content, "text", "")
+    assert "Traceback" not in read_recorded(tmp_path / "stderr.log")
 
 
 async def test_the_summary_resource_is_compact_utf8_json_shaped_like_the_tools(

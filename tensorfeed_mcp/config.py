@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -13,7 +14,7 @@ from typing import Literal, get_args
 from urllib.parse import SplitResult, urlsplit
 
 from tensorfeed_mcp.alerts import make_rule
-from tensorfeed_mcp.errors import ConfigurationError, InvalidInputError, TokenFormatError, TokenMissingError
+from tensorfeed_mcp.errors import ConfigurationError, InvalidInputError, TokenFormatError, TokenMissingError, shown
 from tensorfeed_mcp.models import AlertRule
 
 DEFAULT_API_URL = "https://tensorfeed.ai/api"
@@ -22,14 +23,30 @@ REDACTED = "[redacted]"
 TOKEN_PATTERN = re.compile(r"tf_live_[0-9a-f]{64}")
 # Anything that looks like a token, complete or not, for redaction from logs.
 TOKEN_LIKE = re.compile(r"tf_live_[^\s\"'<>,;]*")
+DATABASE_URL_EXAMPLE = "postgresql://user:password@host:5432/database"
+UNENCODED_IN_CREDENTIALS = re.compile(r"[/\s]|%(?![0-9A-Fa-f]{2})")
+# Numeric settings: ASCII digits only (int() and float() also read other scripts' digits, float() "1e3", "inf" and
+# "1_0"), a decimal point where decimals make sense, and an upper bound that catches a typo long before a value could
+# overflow anything.
+WHOLE_NUMBER = re.compile(r"[0-9]+")
+DECIMAL_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 MIN_ALERT_POLL_SECONDS = 30.0
+MAX_ALERT_POLL_SECONDS = 24 * 3600.0
+MAX_TIMEOUT_SECONDS = 120.0
+MAX_CACHE_SECONDS = 3600.0
 DEFAULT_MAX_SESSIONS = 32
+MAX_SESSIONS = 1_000
 DEFAULT_SESSION_IDLE_SECONDS = 30 * 60.0
+MAX_SESSION_IDLE_SECONDS = 24 * 3600.0
 DEFAULT_LEDGER_CALL_DAYS = 90
 MIN_LEDGER_CALL_DAYS = 7
+MAX_LEDGER_CALL_DAYS = 3_650
 DEFAULT_TENANT_CALLS_PER_MINUTE = 120
+MAX_TENANT_CALLS_PER_MINUTE = 10_000
 DEFAULT_NEW_TOKENS_PER_MINUTE = 60
+MAX_NEW_TOKENS_PER_MINUTE = 10_000
 DEFAULT_LISTEN_STREAM_SECONDS = 600.0
+MAX_LISTEN_STREAM_SECONDS = 24 * 3600.0
 WebhookFormat = Literal["slack", "discord", "json"]
 LogFormat = Literal["text", "json"]
 WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
@@ -94,16 +111,29 @@ class Settings:
         return self.token
 
 
-def _number(environ: Mapping[str, str], name: str, default: float | None, *, minimum: float) -> float | None:
+def _decimal(raw: str) -> float:
+    """`raw` as a number if it is ASCII digits with at most one decimal point, else InvalidInputError."""
+    if not DECIMAL_NUMBER.fullmatch(raw):
+        raise InvalidInputError("give a number in digits, with at most one decimal point.")
+    return float(raw)
+
+
+def _number(
+    environ: Mapping[str, str], name: str, default: float | None, *, minimum: float, maximum: float
+) -> float | None:
+    """A decimal setting from `minimum` to `maximum`, or `default` when it is empty."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number; give a number of at least {minimum:g}.") from None
-    if not value >= minimum or value == float("inf"):
-        raise ConfigurationError(f"{name}={raw!r} is out of range; give a finite number of at least {minimum:g}.")
+        value = _decimal(raw)
+    except InvalidInputError:
+        value = math.nan
+    if not minimum <= value <= maximum:
+        raise ConfigurationError(
+            f"{name}={shown(raw, 20)} is not accepted; give a number from {minimum:,g} to {maximum:,g} "
+            "(digits, with at most one decimal point)."
+        )
     return value
 
 
@@ -215,12 +245,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _count(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def _count(environ: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """A whole-number setting from `minimum` to `maximum`, or `default` when it is empty."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < minimum:
-        raise ConfigurationError(f"{name}={raw[:20]!r} is not a whole number of at least {minimum}.")
+    # More digits than the maximum has is out of range, and int() is never given thousands of them (it refuses those).
+    in_range = WHOLE_NUMBER.fullmatch(raw) and len(raw.lstrip("0")) <= len(str(maximum))
+    if not in_range or not minimum <= int(raw) <= maximum:
+        raise ConfigurationError(
+            f"{name}={shown(raw, 20)} is not accepted; give a whole number from {minimum:,} to {maximum:,} "
+            "(digits only)."
+        )
     return int(raw)
 
 
@@ -233,7 +269,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if env.get("TENSORFEED_POLL_SECONDS", "").strip()
         else ("TENSORFEED_ALERT_POLL_SECONDS")
     )
-    poll = _number(env, poll_variable, None, minimum=0)
+    poll = _number(env, poll_variable, None, minimum=0, maximum=MAX_ALERT_POLL_SECONDS)
     if poll == 0:
         poll = None
     elif poll is not None and poll < MIN_ALERT_POLL_SECONDS:
@@ -245,10 +281,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raw = env.get(name, "").strip()
         if raw:
             try:
-                rules.append(make_rule(kind, float(raw), source="env"))
-            except (ValueError, InvalidInputError) as exc:
-                reason = exc if isinstance(exc, InvalidInputError) else "it is not a number"
-                raise ConfigurationError(f"{name}={raw!r} is not a usable alert threshold: {reason}") from None
+                rules.append(make_rule(kind, _decimal(raw), source="env"))
+            except InvalidInputError as exc:
+                raise ConfigurationError(f"{name}={shown(raw, 20)} is not a usable alert threshold: {exc}") from None
     state_dir = env.get("TENSORFEED_MCP_STATE_DIR", "").strip()
     webhook_url = env.get("TENSORFEED_ALERT_WEBHOOK_URL", "").strip() or None
     if webhook_url is not None:
@@ -256,33 +291,54 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         token=_token(env),
         api_url=_api_url(env),
-        timeout_seconds=_number(env, "TENSORFEED_TIMEOUT_SECONDS", 10.0, minimum=0.1) or 10.0,
-        cache_seconds=_number(env, "TENSORFEED_CACHE_SECONDS", 5.0, minimum=0) or 0.0,
+        timeout_seconds=_number(env, "TENSORFEED_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=MAX_TIMEOUT_SECONDS)
+        or 10.0,
+        cache_seconds=_number(env, "TENSORFEED_CACHE_SECONDS", 5.0, minimum=0, maximum=MAX_CACHE_SECONDS) or 0.0,
         state_dir=Path(state_dir).expanduser() if state_dir else None,
         alert_poll_seconds=poll,
         env_alert_rules=tuple(rules),
         mcp_auth_token=env.get("TENSORFEED_MCP_AUTH_TOKEN", "").strip() or None,
-        max_sessions=_count(env, "TENSORFEED_MCP_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, minimum=1),
+        max_sessions=_count(env, "TENSORFEED_MCP_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, minimum=1, maximum=MAX_SESSIONS),
         session_idle_seconds=_number(
-            env, "TENSORFEED_MCP_SESSION_IDLE_SECONDS", DEFAULT_SESSION_IDLE_SECONDS, minimum=10
+            env,
+            "TENSORFEED_MCP_SESSION_IDLE_SECONDS",
+            DEFAULT_SESSION_IDLE_SECONDS,
+            minimum=10,
+            maximum=MAX_SESSION_IDLE_SECONDS,
         )
         or DEFAULT_SESSION_IDLE_SECONDS,
         alert_webhook_url=webhook_url,
         alert_webhook_format=webhook_format(webhook_url or "", env.get("TENSORFEED_ALERT_WEBHOOK_FORMAT", "")),
         ledger_call_days=_count(
-            env, "TENSORFEED_LEDGER_CALL_DAYS", DEFAULT_LEDGER_CALL_DAYS, minimum=MIN_LEDGER_CALL_DAYS
+            env,
+            "TENSORFEED_LEDGER_CALL_DAYS",
+            DEFAULT_LEDGER_CALL_DAYS,
+            minimum=MIN_LEDGER_CALL_DAYS,
+            maximum=MAX_LEDGER_CALL_DAYS,
         ),
         database_url=_database_url(env),
         multi_tenant=_switch(env, "TENSORFEED_MCP_MULTI_TENANT"),
         log_format=_choice(env, "TENSORFEED_MCP_LOG_FORMAT", ("text", "json")),  # type: ignore[arg-type]
         tenant_calls_per_minute=_count(
-            env, "TENSORFEED_MCP_TENANT_CALLS_PER_MINUTE", DEFAULT_TENANT_CALLS_PER_MINUTE, minimum=1
+            env,
+            "TENSORFEED_MCP_TENANT_CALLS_PER_MINUTE",
+            DEFAULT_TENANT_CALLS_PER_MINUTE,
+            minimum=1,
+            maximum=MAX_TENANT_CALLS_PER_MINUTE,
         ),
         new_tokens_per_minute=_count(
-            env, "TENSORFEED_MCP_NEW_TOKENS_PER_MINUTE", DEFAULT_NEW_TOKENS_PER_MINUTE, minimum=1
+            env,
+            "TENSORFEED_MCP_NEW_TOKENS_PER_MINUTE",
+            DEFAULT_NEW_TOKENS_PER_MINUTE,
+            minimum=1,
+            maximum=MAX_NEW_TOKENS_PER_MINUTE,
         ),
         listen_stream_seconds=_number(
-            env, "TENSORFEED_MCP_LISTEN_STREAM_SECONDS", DEFAULT_LISTEN_STREAM_SECONDS, minimum=1
+            env,
+            "TENSORFEED_MCP_LISTEN_STREAM_SECONDS",
+            DEFAULT_LISTEN_STREAM_SECONDS,
+            minimum=1,
+            maximum=MAX_LISTEN_STREAM_SECONDS,
         )
         or DEFAULT_LISTEN_STREAM_SECONDS,
     )
@@ -309,20 +365,39 @@ def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> 
 
 
 def _database_url(environ: Mapping[str, str]) -> str | None:
-    """TENSORFEED_MCP_DATABASE_URL: a postgresql:// (or postgres://) URL; its password is never shown."""
+    """TENSORFEED_MCP_DATABASE_URL, checked (see checked_database_url); its user name and password are never shown."""
     raw = environ.get("TENSORFEED_MCP_DATABASE_URL", "").strip()
-    if not raw:
-        return None
-    try:
-        parts = urlsplit(raw)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("postgresql", "postgres"):
+    return checked_database_url(raw) if raw else None
+
+
+def checked_database_url(url: str) -> str:
+    """`url` if it is a postgresql:// (or postgres://) URL whose user name and password every reader finds alike,
+    else a ConfigurationError that shows no part of it.
+
+    libpq ends the user name and password at the first @ and takes none before a /, where other readers differ:
+    an unencoded @ or / there would put part of the password into the host, port or database it names in errors.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):  # libpq reads any other prefix as key=value text, echoed in errors
         raise ConfigurationError(
-            "TENSORFEED_MCP_DATABASE_URL is not a PostgreSQL URL; give one like "
-            "postgresql://user:password@host:5432/database (leave it empty for the local SQLite file)."
+            f"TENSORFEED_MCP_DATABASE_URL is not a PostgreSQL URL; give one like {DATABASE_URL_EXAMPLE} (leave it "
+            "empty for the local SQLite file)."
         )
-    return raw
+    credentials, at, after = rest.partition("@")
+    if at and ("@" in after or not credentials.isprintable() or UNENCODED_IN_CREDENTIALS.search(credentials)):
+        raise ConfigurationError(
+            "TENSORFEED_MCP_DATABASE_URL has a character in its user name or password that must be percent-encoded, "
+            "so it is not used (nor shown): write % as %25, / as %2F, @ as %40 and a space as %20 there, and any "
+            "other @ in the URL as %40; for example postgresql://user:pa%40ss@host:5432/database."
+        )
+    return url
+
+
+def database_password(url: str) -> str | None:
+    """The password of a URL that checked_database_url accepted, as written (still percent-encoded), if it has one."""
+    credentials, at, _ = url.partition("://")[2].partition("@")
+    _, colon, password = credentials.partition(":")
+    return password if at and colon else None
 
 
 def hosted_extra_missing(needed_for: str) -> ConfigurationError:
@@ -384,9 +459,9 @@ class SecretRedactor(logging.Filter):
 
 def redact_logs(settings: Settings) -> None:
     """Put a SecretRedactor on every handler now configured (ours, and uvicorn's once it has set up its own)."""
-    database_password = urlsplit(settings.database_url).password if settings.database_url else None
+    password = database_password(settings.database_url) if settings.database_url else None
     redactor = SecretRedactor(
-        [settings.token, settings.mcp_auth_token, settings.alert_webhook_url, settings.database_url, database_password]
+        [settings.token, settings.mcp_auth_token, settings.alert_webhook_url, settings.database_url, password]
     )
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
     for logger in loggers:

@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.resources import files
 from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar, get_args
@@ -18,8 +18,9 @@ from mcp.server.apps import Apps
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import MCPServerError, ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import MCPServerError, ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.session import ServerSession
 from mcp.server.stdio import stdio_server
@@ -34,6 +35,7 @@ from mcp.types import (
     CallToolResult,
     EmptyResult,
     ErrorData,
+    GetPromptResult,
     InputRequiredResult,
     JSONRPCError,
     LoggingLevel,
@@ -47,6 +49,7 @@ from mcp.types import (
 )
 from pydantic import (
     AnyHttpUrl,
+    AnyUrl,
     Field,
     StrictFloat,
     StrictInt,
@@ -156,21 +159,29 @@ def explained(message: str) -> WrapValidator:
     return WrapValidator(validate)
 
 
+def unknown_arguments(owner: str, given: Iterable[str], accepted: list[str]) -> str | None:
+    """The refusal of the names in `given` that `owner` (a tool or a prompt) does not take, saying what it accepts;
+    None when it takes them all."""
+    unknown = [name for name in given if name not in accepted]
+    if not unknown:
+        return None
+    names = ", ".join(shown(name) for name in unknown[:5])
+    return f"{owner} does not take {names}. It accepts: {', '.join(accepted) or 'no arguments'}."
+
+
 def check_arguments(tool: Tool, arguments: dict[str, Any]) -> None:
     """Refuse unknown, missing and invalid arguments in our own words (never pydantic's, nor the value itself)."""
     accepted = list(tool.parameters.get("properties", {}))
-    listing = ", ".join(accepted) or "no arguments"
-    unknown = [name for name in arguments if name not in accepted]
-    if unknown:
-        names = ", ".join(shown(name) for name in unknown[:5])
-        raise ToolError(f"{tool.name} does not take {names}. It accepts: {listing}.")
+    refusal = unknown_arguments(tool.name, arguments, accepted)
+    if refusal:
+        raise ToolError(refusal)
     try:
         tool.fn_metadata.validate_arguments(arguments)
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else "arguments"
         if error["type"] == "missing":
-            raise ToolError(f"{tool.name} needs the argument {name!r}. It accepts: {listing}.") from None
+            raise ToolError(f"{tool.name} needs the argument {name!r}. It accepts: {', '.join(accepted)}.") from None
         raise ToolError(error["msg"] if error["type"] == "invalid_argument" else f"{name} is not valid.") from None
 
 
@@ -389,8 +400,9 @@ class AccountRuntime:
 
 class AccountServer(MCPServer[AccountRuntime]):
     """MCPServer that checks a call's arguments itself first, so the caller reads what is accepted, whose text
-    block is the structured result as compact JSON (the SDK indents it, which costs a model's context), and that
-    reports each call to the runtime's telemetry."""
+    block is the structured result as compact JSON (the SDK indents it, which costs a model's context), that
+    reports each call to the runtime's telemetry, and that refuses an unknown resource, prompt or prompt argument
+    itself, in its own words."""
 
     telemetry: Telemetry = NO_TELEMETRY
 
@@ -411,6 +423,31 @@ class AccountServer(MCPServer[AccountRuntime]):
         if isinstance(result, CallToolResult) and result.structured_content is not None:
             result.content = [TextContent(text=compact_json(result.structured_content))]
         return result
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[AccountRuntime, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        """An unknown URI is refused (invalid params) showing at most its first characters, and what can be read;
+        the SDK would echo the whole URI, in the message and again in the error's data."""
+        try:
+            return await super().read_resource(uri, context)
+        except ResourceNotFoundError:
+            readable = ", ".join(str(resource.uri) for resource in await self.list_resources())
+            raise MCPError(INVALID_PARAMS, f"Unknown resource {shown(str(uri))}; readable: {readable}.") from None
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[AccountRuntime, Any] | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        """An unknown prompt or argument is refused as invalid params, naming what is accepted; the SDK would answer
+        code 0 with "Error rendering prompt" and log a traceback."""
+        prompts = {prompt.name: prompt for prompt in await self.list_prompts()}
+        prompt = prompts.get(name)
+        if prompt is None:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt {shown(name)}; prompts: {', '.join(prompts)}.")
+        refusal = unknown_arguments(name, arguments or {}, [argument.name for argument in prompt.arguments or []])
+        if refusal:
+            raise MCPError(INVALID_PARAMS, refusal)
+        return await super().get_prompt(name, arguments, context)
 
 
 def account_of(ctx: Context[AccountRuntime]) -> AccountService:
@@ -732,10 +769,28 @@ async def serve_stdio(server: MCPServer[AccountRuntime]) -> None:
 
 
 def _malformed_line_error(exc: Exception) -> JSONRPCError:
+    """The answer to a line the SDK could not read as a message: a parse error, else an invalid request (invalid
+    params when a request's params are not an object), with the request's id when the line holds a readable one."""
     not_json = isinstance(exc, ValidationError) and any(error["type"] == "json_invalid" for error in exc.errors())
-    code, message = (
-        (PARSE_ERROR, "Parse error: the line is not valid JSON.")
-        if not_json
-        else (INVALID_REQUEST, "Invalid request: the line is JSON but not a JSON-RPC 2.0 message MCP accepts.")
-    )
-    return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message))
+    line = _rejected_object(exc)
+    request_id = line.get("id") if "method" in line else None  # a broken response is no request to answer
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        request_id = None
+    if not_json:
+        code, message = PARSE_ERROR, "Parse error: the line is not valid JSON."
+    elif request_id is not None and not isinstance(line.get("params", {}), dict):
+        code, message = INVALID_PARAMS, "Invalid params: a request's params must be a JSON object."
+    else:
+        code, message = INVALID_REQUEST, "Invalid request: the line is JSON but not a JSON-RPC 2.0 message MCP accepts."
+    return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=message))
+
+
+def _rejected_object(exc: Exception) -> dict[str, Any]:
+    """The JSON object a line held, read back from the SDK's validation error (pydantic gives the whole object as
+    the input of a missing field, and a request lacks the result of a response); empty when there is none."""
+    if isinstance(exc, ValidationError):
+        for error in exc.errors():
+            line = error.get("input")
+            if error["type"] == "missing" and len(error["loc"]) == 2 and isinstance(line, dict):
+                return line
+    return {}

@@ -87,6 +87,67 @@ def test_bad_settings_are_named_at_start(tmp_path: Path, name: str, value: str, 
     assert "Traceback" not in done.stderr
 
 
+DECIMAL_RANGE = "give a number from {} to {} (digits, with at most one decimal point)"
+WHOLE_RANGE = "give a whole number from {} to {} (digits only)"
+ALERT_FORMAT = "give a number in digits, with at most one decimal point"
+NUMERIC_SETTINGS: dict[str, tuple[str, str, str]] = {
+    # variable: (the largest value accepted, what a refusal of its form says, what a refusal of its size says)
+    "TENSORFEED_TIMEOUT_SECONDS": ("120", DECIMAL_RANGE.format("0.1", "120"), DECIMAL_RANGE.format("0.1", "120")),
+    "TENSORFEED_CACHE_SECONDS": ("3600", DECIMAL_RANGE.format(0, "3,600"), DECIMAL_RANGE.format(0, "3,600")),
+    "TENSORFEED_POLL_SECONDS": ("86400", DECIMAL_RANGE.format(0, "86,400"), DECIMAL_RANGE.format(0, "86,400")),
+    "TENSORFEED_ALERT_POLL_SECONDS": ("86400", DECIMAL_RANGE.format(0, "86,400"), DECIMAL_RANGE.format(0, "86,400")),
+    "TENSORFEED_MCP_SESSION_IDLE_SECONDS": (
+        "86400",
+        DECIMAL_RANGE.format(10, "86,400"),
+        DECIMAL_RANGE.format(10, "86,400"),
+    ),
+    "TENSORFEED_MCP_MAX_SESSIONS": ("1000", WHOLE_RANGE.format(1, "1,000"), WHOLE_RANGE.format(1, "1,000")),
+    "TENSORFEED_LEDGER_CALL_DAYS": ("3650", WHOLE_RANGE.format(7, "3,650"), WHOLE_RANGE.format(7, "3,650")),
+    "TENSORFEED_MCP_TENANT_CALLS_PER_MINUTE": (
+        "10000",
+        WHOLE_RANGE.format(1, "10,000"),
+        WHOLE_RANGE.format(1, "10,000"),
+    ),
+    "TENSORFEED_ALERT_BALANCE_BELOW": ("100000000", ALERT_FORMAT, "at most 100,000,000 credits"),
+    "TENSORFEED_ALERT_DAILY_SPEND_ABOVE": ("100000000", ALERT_FORMAT, "at most 100,000,000 credits"),
+    "TENSORFEED_ALERT_DAILY_CAP_PCT_ABOVE": ("100", ALERT_FORMAT, "from 1 to 100"),
+    "TENSORFEED_ALERT_RUNWAY_BELOW_HOURS": ("87600", ALERT_FORMAT, "at most 87,600 hours"),
+    "TENSORFEED_ALERT_DAILY_SPEND_SPIKE_PCT": ("10000", ALERT_FORMAT, "at most 10,000 percent"),
+}
+WHOLE_NUMBER_SETTINGS = {name for name, (_, form, _) in NUMERIC_SETTINGS.items() if "whole number" in form}
+# Digits int() or float() read but ASCII has not ("²" passes str.isdigit, then int() refuses it), float() syntax,
+# and numbers too large for anything downstream.
+MALFORMED_NUMBERS = ("\u00b2", "\uff11\uff12", "1e3")
+OVERSIZED_NUMBER = "99999999999999999999"
+
+
+def numeric_refusals() -> list[tuple[str, str, str]]:
+    """(variable, value, what the refusal must say) for every numeric setting."""
+    cases = []
+    for name, (largest, form, size) in NUMERIC_SETTINGS.items():
+        malformed = [*MALFORMED_NUMBERS, *(["12.5"] if name in WHOLE_NUMBER_SETTINGS else [])]
+        cases += [(name, value, form) for value in malformed]
+        above = str(int(largest) + 1) if name in WHOLE_NUMBER_SETTINGS else largest + ".5"
+        cases += [(name, value, size) for value in (above, OVERSIZED_NUMBER)]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), numeric_refusals())
+def test_a_numeric_setting_not_in_ascii_digits_or_out_of_range_exits_2_with_one_line(
+    tmp_path: Path, name: str, value: str, accepted: str
+) -> None:
+    done = run("check", env={"TENSORFEED_MCP_STATE_DIR": str(tmp_path), name: value})
+    assert (done.returncode, done.stdout) == (EXIT_CANNOT_RUN, ""), done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"tensorfeed-mcp: {name}=") and accepted in line, line
+
+
+@pytest.mark.parametrize("name", NUMERIC_SETTINGS)
+def test_each_numeric_setting_accepts_its_largest_value(sandbox: RunningSandbox, tmp_path: Path, name: str) -> None:
+    done = run("check", env=server_env(settings_for(sandbox, tmp_path)) | {name: NUMERIC_SETTINGS[name][0]})
+    assert done.returncode in (EXIT_OK, EXIT_TRIGGERED) and done.stderr == "", done.stderr
+
+
 def test_the_sandbox_command_serves_and_prints_the_demo_tokens() -> None:
     process = subprocess.Popen(
         [console_script(), "sandbox", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -8,7 +8,7 @@ requests to the real server through the SDK's Client. Every figure the page show
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +44,14 @@ HISTORY_START = datetime(2026, 5, 13, 6, 0, tzinfo=UTC)
 """Where the history begins on the sandbox's clock: the 16-hour stretch then runs from 14:00 to 06:00 the next day,
 across a midnight, whatever the hour the test runs at."""
 
+Foreign = Callable[[str, dict[str, Any]], dict[str, Any]]
+"""What a host makes of a tool's structured result before passing it to the app (by the tool's name)."""
+
+
+def as_is(tool: str, structured: dict[str, Any]) -> dict[str, Any]:
+    return structured
+
+
 HOST_PAGE = (Path(__file__).parent / "app_host.html").read_text()
 """The host's side of the MCP Apps bridge, shared with the benchmark (bench/dashboard.py); the embedding page
 supplies window.mcpCall to answer the app's tools/call."""
@@ -68,13 +76,19 @@ class Host:
     """The last structured result of each tool the page called."""
     requests: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
+    foreign: Foreign = as_is
+    """Applied to every structured result the page is given; the server's answer as it is, unless a test says."""
 
     async def forward(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """The host forwarding the app's tools/call to the server: what the page gets is the server's answer."""
         self.calls.append((name, arguments))
-        wire = as_sent(await self.client.call_tool(name, arguments))
+        return {"result": self.passed_on(name, as_sent(await self.client.call_tool(name, arguments)))}
+
+    def passed_on(self, name: str, wire: dict[str, Any]) -> dict[str, Any]:
+        """A result as the page gets it, its structured content made `foreign`; that is what `answers` keeps."""
+        wire = wire | {"structuredContent": self.foreign(name, wire["structuredContent"])}
         self.answers[name] = wire["structuredContent"]
-        return {"result": wire}
+        return wire
 
 
 async def build_history(client: Client, sandbox: RunningSandbox) -> None:
@@ -91,28 +105,42 @@ async def build_history(client: Client, sandbox: RunningSandbox) -> None:
 
 
 @asynccontextmanager
-async def dashboard(fresh_sandbox: RunningSandbox, tmp_path: Path, theme: str = "light") -> AsyncIterator[Host]:
-    """The installed server with a history, Chromium on the test host page, and the dashboard started in it."""
+async def dashboard(
+    fresh_sandbox: RunningSandbox,
+    tmp_path: Path,
+    theme: str = "light",
+    *,
+    arguments: dict[str, Any] | None = None,
+    endpoints: Sequence[str] = (),
+    foreign: Foreign = as_is,
+) -> AsyncIterator[Host]:
+    """The installed server with a history (plus a call to each of `endpoints`, seen by one more snapshot), Chromium
+    on the test host page, and the dashboard started in it with get_spend_history's result for `arguments` (7 days
+    by default), the host passing every result on through `foreign`."""
     stderr = tmp_path / "stderr.log"
     params = stdio_params(settings_for(fresh_sandbox, tmp_path / "state", cache_seconds=0.0))
     try:
         with stderr.open("w") as errlog:
             async with Client(stdio_client(params, errlog=errlog)) as client, async_playwright() as playwright:
                 await build_history(client, fresh_sandbox)
+                for endpoint in endpoints:
+                    assert fresh_sandbox.control.add_calls("busy", endpoint, 1) == 1
+                if endpoints:
+                    as_sent(await client.call_tool("check_spend_alerts", {}))
                 tools = {tool.name: tool for tool in (await client.list_tools()).tools}
                 assert (tools["get_spend_history"].meta or {})["ui"]["resourceUri"] == DASHBOARD_URI
                 contents = (await client.read_resource(DASHBOARD_URI)).contents[0]
                 assert contents.mime_type == MCP_APP_MIME
                 html = getattr(contents, "text", "")
                 record(html)
-                arguments = {"days": 7}
+                arguments = arguments or {"days": 7}
                 first = as_sent(await client.call_tool("get_spend_history", arguments))
 
                 browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 context = await browser.new_context(viewport={"width": 800, "height": 1200})
                 page = await context.new_page()
-                host = Host(page, page.frame_locator("#app"), client)
-                host.answers["get_spend_history"] = first["structuredContent"]
+                host = Host(page, page.frame_locator("#app"), client, foreign=foreign)
+                first = host.passed_on("get_spend_history", first)
                 page.on("request", lambda request: host.requests.append(request.url))
                 page.on("console", lambda message: _console(host, message))
                 page.on("pageerror", lambda error: host.console_errors.append(str(error)))
@@ -267,3 +295,89 @@ async def test_dashboard_follows_the_hosts_theme(fresh_sandbox: RunningSandbox, 
         await expect(app.locator("body")).to_have_css("background-color", "rgb(255, 255, 255)")
         assert host.console_errors == []
         assert_no_request_left(host)
+
+
+MARKUP_ENDPOINTS = ["/api/premium/<b>bold</b>", "/api/premium/a&#62;b&amp;", "/api/premium/q\"'<u>&"]
+"""Endpoint names as the service may send them: markup, entities and quotes, which the page must show as written."""
+
+
+async def test_endpoint_names_with_markup_are_shown_as_written_in_table_list_and_chart(
+    fresh_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """group_by="endpoint": each name is the text of its table row and of its bar's axis label (the last five
+    characters), as the top endpoints are of their list entries: never markup, never an entity left escaped."""
+    arguments = {"days": 7, "group_by": "endpoint"}
+    async with dashboard(fresh_sandbox, tmp_path, arguments=arguments, endpoints=MARKUP_ENDPOINTS) as host:
+        app = host.app
+        history = host.answers["get_spend_history"]
+        names = [bucket["endpoint"] for bucket in history["buckets"]]
+        assert set(MARKUP_ENDPOINTS) <= set(names)
+        await expect(app.locator("#days tbody tr")).to_have_count(len(names))
+        assert [await cell.text_content() for cell in await app.locator("#days tbody th").all()] == names
+        assert [await row.get_attribute("data-day") for row in await app.locator("#days tbody tr").all()] == names
+        listed = app.locator("#endpoints li .name")
+        assert {await item.text_content() for item in await listed.all()} == set(history["totals"]["by_endpoint"])
+        every = -(-len(names) // 10)
+        labels = app.locator("svg g.bar > text.barlabel")
+        assert [await label.text_content() for label in await labels.all()] == [name[-5:] for name in names[::every]]
+        assert await app.locator("b, u").count() == 0
+        assert host.console_errors == []
+
+
+HANDLER_COUNT = (
+    "(body) => [...body.querySelectorAll('*')]"
+    ".filter((element) => element.getAttributeNames().some((name) => name.startsWith('on'))).length"
+)
+"""How many elements under the body carry an event handler attribute (onerror=, onload=, ...)."""
+
+
+def hostile(where: str) -> str:
+    """Text that, written into markup unescaped (in an attribute or not), adds an image whose error handler runs."""
+    return f'1"><img src="data:," onerror="(window.injected ??= []).push(\'{where}\')">'
+
+
+def with_hostile_numbers(tool: str, structured: dict[str, Any]) -> dict[str, Any]:
+    """A host's foreign data: strings of markup where the schema promises numbers (and in the cap's reset time)."""
+    changed: dict[str, Any] = json.loads(json.dumps(structured))
+    if tool == "get_spend_history":
+        for bucket in changed["buckets"]:
+            bucket["credits"] = hostile("credits")
+            if bucket["credits_max"] is not None:
+                bucket["credits_max"] = hostile("credits_max")
+        for gap in changed["coverage"]["gaps"]:
+            gap["hours"] = hostile("gap")
+        changed["totals"]["by_endpoint"] = {name: hostile("endpoint") for name in changed["totals"]["by_endpoint"]}
+    if tool == "get_spend_cap":
+        changed |= {"daily_cap": hostile("cap"), "daily_spent": hostile("spent"), "reset_at": "2026-05-12T<u>0</u>Z"}
+    return changed
+
+
+async def test_strings_of_markup_where_numbers_belong_run_no_script_and_are_kept_as_written(
+    fresh_sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Unreachable through this server's typed output, but a host may pass the app anything: each hostile value
+    ends up as text or as an attribute's value, and no element of it exists."""
+    async with dashboard(fresh_sandbox, tmp_path, foreign=with_hostile_numbers) as host:
+        app = host.app
+        history = host.answers["get_spend_history"]
+        await expect(app.locator("#days tbody tr")).to_have_count(len(history["buckets"]))
+        await expect(app.locator("[role=meter]")).to_have_count(1)
+        assert await app.locator("img").count() == 0
+        assert await app.locator("body").evaluate(HANDLER_COUNT) == 0
+        assert await app.locator("body").evaluate("() => window.injected ?? []") == []
+
+        rows = await table_rows(app)
+        assert {row["credits"] for row in rows} == {hostile("credits")}
+        assert {row["credits_max"] for row in rows if row["kind"] == "range"} == {hostile("credits_max")}
+        endpoints = await app.locator("#endpoints li").all()
+        assert {await item.get_attribute("data-credits") for item in endpoints} == {hostile("endpoint")}
+        gap_titles = await app.locator("svg .gapband title").all()
+        assert gap_titles and {await title.text_content() for title in gap_titles} == {
+            f"No snapshot for {hostile('gap')} h"
+        }
+        meter = app.locator("[role=meter]")
+        assert (await meter.get_attribute("aria-valuemax"), await meter.get_attribute("aria-valuenow")) == (
+            hostile("cap"),
+            hostile("spent"),
+        )
+        await expect(app.locator("#cap-gauge .sub")).to_contain_text("resets <u>0< UTC")

@@ -24,12 +24,14 @@ from conftest import Caller, console_script, eventually, read_recorded, record, 
 from mcp import Client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from mcp.types import LoggingMessageNotificationParams
 from test_http import INITIALIZE, MCP_HEADERS, clean_env, serving
 from test_sandbox import timestamps_in
 
 from tensorfeed_mcp.alerts import MAX_NAME_LENGTH, make_rule
 from tensorfeed_mcp.config import Settings, token_fingerprint
+from tensorfeed_mcp.errors import shown
 from tensorfeed_mcp.http_app import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS, build_http_app
 from tensorfeed_mcp.models import MAX_UPSTREAM_TEXT, is_unsafe_char
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
@@ -386,6 +388,65 @@ def test_malformed_stdio_lines_get_json_rpc_errors_and_the_server_goes_on(
     ]
     assert all(error["jsonrpc"] == "2.0" and error["error"]["message"] for error in errors)
     assert initialized["id"] == INITIALIZE["id"] and initialized["result"]["serverInfo"]["name"] == "tensorfeed"
+
+
+def test_a_request_whose_params_are_not_an_object_gets_an_error_with_its_id_over_stdio(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """params as an array or a string: -32602 answering that request's id (a client waits for that id), and the
+    same process goes on serving."""
+    with raw_stdio_server(settings_for(sandbox, tmp_path), tmp_path) as (send, answer):
+        send(json.dumps(INITIALIZE).encode() + b"\n")
+        assert answer()["id"] == INITIALIZE["id"]
+        send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+        errors = []
+        for request_id, params in ((7, [1, 2]), ("eight", "text"), (9, [])):
+            request = {"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": params}
+            send(json.dumps(request).encode() + b"\n")
+            errors.append(answer())
+        send(b'{"jsonrpc": "2.0", "id": 10, "method": "tools/list"}\n')
+        listed = answer()
+    assert [(error["id"], error["error"]["code"]) for error in errors] == [(7, -32602), ("eight", -32602), (9, -32602)]
+    assert all("params must be a JSON object" in error["error"]["message"] for error in errors)
+    assert listed["id"] == 10 and "get_account_balance" in {tool["name"] for tool in listed["result"]["tools"]}
+
+
+async def test_reading_an_unknown_resource_with_a_huge_uri_echoes_only_its_start(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A 100,000-character URI: invalid params, a short message with the URI's start and what can be read, nothing
+    of its tail in the error's data or the server's log."""
+    tail = "q" * 100_000
+    async with stdio_client_of(settings_for(sandbox, tmp_path), tmp_path) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.read_resource(f"tensorfeed://account/{tail}")
+        summary = await client.read_resource(SUMMARY_URI)  # and the server goes on
+    error = refused.value.error
+    record(error.model_dump_json())
+    assert error.code == -32602 and len(error.model_dump_json()) < SHORT_MESSAGE, error.message[:SHORT_MESSAGE]
+    assert error.message.startswith("Unknown resource 'tensorfeed://account/qqq") and SUMMARY_URI in error.message
+    assert "q" * 100 not in read_recorded(tmp_path / "stderr.log")
+    assert summary.contents
+
+
+async def test_a_prompt_with_an_unknown_argument_or_name_is_invalid_params_without_a_traceback(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """spend_review takes no argument: one given is named, with what is accepted; an unknown prompt likewise."""
+    async with stdio_client_of(settings_for(sandbox, tmp_path), tmp_path) as client:
+        refusals = []
+        for name, arguments in (("spend_review", {"period": "week"}), ("spend_reveiw" + "w" * 1000, None)):
+            with pytest.raises(MCPError) as refused:
+                await client.get_prompt(name, arguments)
+            record(refused.value.error.model_dump_json())
+            refusals.append(refused.value.error)
+        review = await client.get_prompt("spend_review")
+    assert [(error.code, error.message) for error in refusals] == [
+        (-32602, "spend_review does not take 'period'. It accepts: no arguments."),
+        (-32602, f"Unknown prompt {shown('spend_reveiw' + 'w' * 1000)}; prompts: spend_review."),
+    ]
+    assert "get_spend_cap" in getattr(review.messages[0].content, "text", "")
+    assert "Traceback" not in read_recorded(tmp_path / "stderr.log")
 
 
 async def test_the_summary_resource_is_compact_utf8_json_shaped_like_the_tools(

@@ -24,7 +24,7 @@ import anyio
 import httpx2
 import psycopg
 import pytest
-from conftest import MODES, WATCHED_TOKENS, Caller, eventually, masked, read_recorded, record
+from conftest import MODES, WATCHED_TOKENS, Caller, console_script, eventually, masked, read_recorded, record
 from mcp import Client
 from mcp.client.subscriptions import Subscription
 from mcp.server.subscriptions import ServerEvent
@@ -559,6 +559,59 @@ def test_settings_a_multi_tenant_server_cannot_honour_are_refused_at_start(
         assert stdout == ""
         [line] = stderr.strip().splitlines()
         assert line.startswith("tensorfeed-mcp: ") and named in line, (args, extra, line)
+
+
+PASSWORD_HALVES = ("Kq7wLeak", "Zx9pMe13")
+"""Each made-up database password below is these two around a character a URL reserves: a message that holds either
+half holds part of the password."""
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("postgresql://postgres:{0}%{1}@127.0.0.1:{port}/postgres", "write % as %25, / as %2F, @ as %40"),
+        ("postgresql://postgres:{0}/{1}@127.0.0.1:{port}/postgres", "write % as %25, / as %2F, @ as %40"),
+        ("postgresql://postgres:{0}@{1}@127.0.0.1:{port}/postgres", "write % as %25, / as %2F, @ as %40"),
+        ("postgresql://postgres:{0} {1}@127.0.0.1:{port}/postgres", "a space as %20"),
+        ("postgresql://127.0.0.1:{port}/postgres?password={0}%{1}", "percent-encoding (%XX)"),
+        ("postgresql://postgres:{0}{1}@[::1:{port}/postgres", "check the host, port, database name"),
+        ("POSTGRESQL://postgres:{0}{1}@127.0.0.1:{port}/postgres", "give one like postgresql://user:password@host"),
+    ],
+)
+def test_a_database_url_that_cannot_be_used_is_refused_at_start_without_any_of_its_password(
+    sandbox: RunningSandbox, postgres_server: PostgresServer, tmp_path: Path, url: str, accepted: str
+) -> None:
+    """A real PostgreSQL listens at the URL's host and port, so only the URL's own text is wrong."""
+    database_url = url.format(*PASSWORD_HALVES, port=postgres_server.port)
+    done = subprocess.run(
+        [console_script(), "serve", *HOSTED, "--port", "0"],
+        env=replica_env(sandbox.api_url, database_url, tmp_path),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    record(done.stdout + done.stderr)
+    assert not any(half in done.stdout + done.stderr for half in PASSWORD_HALVES), done.stderr
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("tensorfeed-mcp: TENSORFEED_MCP_DATABASE_URL ") and accepted in line, line
+
+
+@pytest.mark.parametrize("password", ["{0}%25%2F%40%20{1}", "{0}?#{1}"])
+def test_a_database_password_written_as_libpq_reads_it_is_used_and_never_printed(
+    sandbox: RunningSandbox, postgres_server: PostgresServer, tmp_path: Path, password: str
+) -> None:
+    """Reserved characters percent-encoded, or ? and # as they are (libpq reads them as part of the password): the
+    replica connects (the test server trusts local users, so any password will do) and prints no part of it."""
+    written = password.format(*PASSWORD_HALVES)
+    with postgres_server.database() as url:
+        env = replica_env(sandbox.api_url, url.replace("postgres@", f"postgres:{written}@"))
+        with recorded_replicas(env, tmp_path, 1) as (replica,):
+            ready = httpx2.get(replica.base_url + "/readyz", timeout=DEADLINE_SECONDS)
+            assert replica.terminate() == 0
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    assert not any(half in replica.output() for half in PASSWORD_HALVES)
 
 
 async def test_json_logs_put_every_line_after_the_listening_line_in_one_object(

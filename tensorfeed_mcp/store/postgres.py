@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from tensorfeed_mcp.config import redact_secrets
+from tensorfeed_mcp.config import DATABASE_URL_EXAMPLE, checked_database_url, redact_secrets
 from tensorfeed_mcp.errors import StateStoreError
 from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.models import AlertRule, AlertStatus
@@ -428,12 +428,15 @@ class PostgresStore:
 
 
 def _connection_params(url: str) -> dict[str, str]:
+    """libpq's reading of `url`, once checked_database_url has made sure its host, port and database (shown in
+    errors) hold no part of the password. libpq's own complaint is not passed on: it quotes the URL's text."""
     try:
-        return {name: str(value) for name, value in conninfo_to_dict(url).items()}
-    except psycopg.Error as exc:
+        return {name: str(value) for name, value in conninfo_to_dict(checked_database_url(url)).items()}
+    except psycopg.Error:
         raise StateStoreError(
-            f"TENSORFEED_MCP_DATABASE_URL cannot be used: {_reason(exc)}; give one like "
-            "postgresql://user:password@host:5432/database."
+            "TENSORFEED_MCP_DATABASE_URL cannot be read by PostgreSQL's client library (libpq): check the host, "
+            "port, database name and percent-encoding (%XX), and that every query parameter is one libpq knows "
+            f"(such as ?sslmode=require); give one like {DATABASE_URL_EXAMPLE}."
         ) from None
 
 

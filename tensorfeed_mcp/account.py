@@ -50,10 +50,9 @@ from tensorfeed_mcp.models import (
     UsageEntry,
     UsagePayload,
     UsdEstimate,
-    WebhookDelivery,
 )
 from tensorfeed_mcp.store import AlertEvent, Store, open_store
-from tensorfeed_mcp.webhooks import alert_message, notifications, send_queued
+from tensorfeed_mcp.webhooks import WebhookSender, alert_message
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +72,11 @@ def _says_nothing_new(reading: Reading, last: Reading) -> bool:
 class AccountService:
     """One token's account: reads, the spend cap, and alert rules with their verdicts."""
 
-    def __init__(self, settings: Settings, client: TensorFeedClient, store: Store) -> None:
+    def __init__(self, settings: Settings, client: TensorFeedClient, store: Store, webhooks: WebhookSender) -> None:
         self._settings = settings
         self._client = client
         self._store = store
+        self._webhooks = webhooks
         self._env_rules = list(settings.env_alert_rules)
         self._forgotten_through = -1  # the UTC day (in days since the epoch) old calls were last forgotten on
         self._last_recorded: tuple[Reading | None, frozenset[SeenCall]] = (None, frozenset())
@@ -84,9 +84,10 @@ class AccountService:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[AccountService]:
-        """An AccountService with its HTTP client and state store, closed on exit."""
+        """An AccountService with its HTTP client and state store, closed on exit; its checks send webhook
+        messages before they answer (a command's way: no background)."""
         async with TensorFeedClient(settings) as client, open_store(settings) as store:
-            yield cls(settings, client, store)
+            yield cls(settings, client, store, WebhookSender(store, settings))
 
     def _stamp(self, fetched: Fetched[Any], *also: Fetched[Any]) -> dict[str, Any]:
         """The fields every result carries, from `fetched`; the note covers `also` too."""
@@ -249,7 +250,6 @@ class AccountService:
             return json.dumps(alert_message(event, verdict, figures, snapshot.balance, stamp["token"], snapshot.now))
 
         since: dict[str, datetime | None] = {}
-        last_delivery: WebhookDelivery | None = None
         try:
             since = await self._store.record_statuses(
                 fingerprint,
@@ -257,7 +257,6 @@ class AccountService:
                 snapshot.now,
                 compose if self._settings.alert_webhook_url else None,
             )
-            last_delivery = await send_queued(self._store, fingerprint, self._settings)
         except StateStoreError as exc:
             state_error = state_error or str(exc)
         return AlertCheck(
@@ -272,7 +271,7 @@ class AccountService:
             burn_rate_lookback_hours=figures.burn_rate_lookback_hours,
             runway_hours=figures.runway_hours,
             state_error=state_error,
-            notifications=await notifications(self._store, fingerprint, self._settings, last_delivery),
+            notifications=await self._webhooks.after_check(fingerprint),
         )
 
     async def _read_together(

@@ -152,6 +152,7 @@ async def _run_once(settings: Settings, command: str, args: argparse.Namespace) 
                     f"Recorded a snapshot at {balance.as_of:%Y-%m-%d %H:%M:%S} UTC: balance {balance.balance:,} "
                     f"credits, {balance.spent_lifetime:,} spent over the token's life; alerts triggered: "
                     f"{check.triggered}."
+                    + (f" Webhook messages still queued: {queued}." if (queued := check.notifications.pending) else "")
                 )
                 return EXIT_OK
             if command == "history":

@@ -14,6 +14,7 @@ MAX_UPSTREAM_CALLS = 100
 MAX_UPSTREAM_PURCHASES = 1000
 DEFAULT_RECENT_LIMIT = 5
 MAX_RECENT_LIMIT = 25  # the service lists at most 25 recent calls
+MAX_QUEUED_MESSAGES = 50  # webhook messages kept per token; beyond it the oldest are dropped (and counted)
 # Controls, format characters (bidi overrides, zero-width, tags) and line/paragraph separators: characters that
 # can make text read differently than it is, or carry hidden instructions.
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -265,7 +266,8 @@ class WebhookDelivery(BaseModel):
     rule: str
     event: Literal["triggered", "resolved"]
     outcome: Literal["delivered", "failed", "will_retry"] = Field(
-        description="failed: refused for good (a 4xx, a redirect), not retried; will_retry: queued for the next check."
+        description="failed: refused for good (a 4xx, a redirect), not retried; will_retry: still queued, to be "
+        "tried again."
     )
     detail: str = Field(description="What the receiver answered, e.g. 'HTTP 404'.")
 
@@ -276,8 +278,19 @@ class Notifications(BaseModel):
     configured: bool
     destination: str | None = Field(description="The webhook's scheme and host; its path, a secret, is never shown.")
     format: Literal["slack", "discord", "json"] | None
-    pending: int = Field(description="Messages still queued, to be retried by the next check (any process).")
-    last_delivery: WebhookDelivery | None = Field(description="The last delivery this check attempted, if any.")
+    pending: int = Field(
+        description="Messages queued when this check answered. A server sends them in the background and tries "
+        "again while the receiver does not take them; a check or record command sends them before it exits, "
+        "within the call deadline."
+    )
+    dropped: int = Field(
+        description=f"Messages dropped unsent, ever, because the token's queue already held {MAX_QUEUED_MESSAGES} "
+        "(the oldest go first)."
+    )
+    last_delivery: WebhookDelivery | None = Field(
+        description="How the last message this process sent for this token went (a server: since it started; "
+        "a command: in this run); null when none was sent."
+    )
 
 
 class AlertCheck(AccountResult):

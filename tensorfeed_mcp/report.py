@@ -77,8 +77,10 @@ def format_alert_check(check: AlertCheck) -> str:
             if delivery
             else "nothing to send"
         )
+        dropped = f", {notifications.dropped} dropped unsent (queue full)" if notifications.dropped else ""
         summary += (
-            f"\nWebhook {notifications.destination} ({notifications.format}): {sent}; {notifications.pending} queued."
+            f"\nWebhook {notifications.destination} ({notifications.format}): {sent}; "
+            f"{notifications.pending} queued{dropped}."
         )
     if not rows:
         return summary + "\nNo alert rules are set."

@@ -84,6 +84,7 @@ from tensorfeed_mcp.models import (
 from tensorfeed_mcp.store import Store, open_store
 from tensorfeed_mcp.telemetry import NO_TELEMETRY, Telemetry
 from tensorfeed_mcp.tenants import Admission, TenantAccounts, TensorFeedTokenVerifier, current_tenant, request_token
+from tensorfeed_mcp.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from tensorfeed_mcp.metrics import PrometheusTelemetry  # the hosted extra's library: imported only when hosting
@@ -271,12 +272,16 @@ class AccountRuntime:
         TENSORFEED_POLL_SECONDS is set."""
         settings = self.settings
         async with open_store(settings) as store, AsyncExitStack() as stack, anyio.create_task_group() as group:
+            webhooks = WebhookSender(store, settings)
+            await stack.enter_async_context(webhooks.running())
             if settings.multi_tenant:
                 http = await stack.enter_async_context(upstream_http_client(settings))
-                self._tenants = TenantAccounts(settings, http, store, self.telemetry, settings.new_tokens_per_minute)
+                self._tenants = TenantAccounts(
+                    settings, http, store, webhooks, self.telemetry, settings.new_tokens_per_minute
+                )
             else:
                 client = await stack.enter_async_context(TensorFeedClient(settings, telemetry=self.telemetry))
-                self._service = AccountService(settings, client, store)
+                self._service = AccountService(settings, client, store, webhooks)
                 if settings.alert_poll_seconds:
                     group.start_soon(self._watch, self._service, settings.alert_poll_seconds)
             stack.callback(store.watch(self._alerts_changed))

@@ -25,6 +25,7 @@ from tensorfeed_mcp.errors import TokenNotRecognisedError, TokenRequiredError, U
 from tensorfeed_mcp.rate_limits import RateLimiter
 from tensorfeed_mcp.store import Store
 from tensorfeed_mcp.telemetry import Telemetry
+from tensorfeed_mcp.webhooks import WebhookSender
 
 MAX_TENANTS_KEPT = 1000  # services beyond this, least recently used first, are dropped (they hold only caches)
 ACTIVE_SECONDS = 300.0  # a tenant with a request in the last five minutes counts as active
@@ -76,11 +77,18 @@ class TenantAccounts:
     recently used), and the admission of tokens not yet known."""
 
     def __init__(
-        self, settings: Settings, http: httpx2.AsyncClient, store: Store, telemetry: Telemetry, new_per_minute: int
+        self,
+        settings: Settings,
+        http: httpx2.AsyncClient,
+        store: Store,
+        webhooks: WebhookSender,
+        telemetry: Telemetry,
+        new_per_minute: int,
     ) -> None:
         self._settings = settings
         self._http = http
         self._store = store
+        self._webhooks = webhooks
         self._telemetry = telemetry
         self._services: OrderedDict[str, tuple[AccountService, float]] = OrderedDict()
         self._known_until: OrderedDict[str, float] = OrderedDict()
@@ -132,7 +140,7 @@ class TenantAccounts:
             return Admission("unavailable", f"TensorFeed could not be asked whether it knows this token: {exc}", 5)
         _remember(self._known_until, fingerprint, time.monotonic() + KNOWN_SECONDS)
         self._refused_until.pop(fingerprint, None)
-        self._keep(fingerprint, AccountService(self._settings.with_token(token), client, self._store))
+        self._keep(fingerprint, self._service(token, client))
         return KNOWN
 
     def for_token(self, token: str) -> AccountService:
@@ -142,9 +150,11 @@ class TenantAccounts:
             raise RuntimeError("A hosted request reached a handler with a token the service has not accepted.")
         kept = self._services.pop(fingerprint, None)
         if kept is None:
-            client = self._client(token, fingerprint)
-            return self._keep(fingerprint, AccountService(self._settings.with_token(token), client, self._store))
+            return self._keep(fingerprint, self._service(token, self._client(token, fingerprint)))
         return self._keep(fingerprint, kept[0])
+
+    def _service(self, token: str, client: TensorFeedClient) -> AccountService:
+        return AccountService(self._settings.with_token(token), client, self._store, self._webhooks)
 
     def active(self) -> int:
         """How many tenants made a request in the last ACTIVE_SECONDS."""

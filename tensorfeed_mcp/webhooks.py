@@ -1,28 +1,36 @@
 """Alert transitions as webhook messages: what a message says, its body in each format, and sending the queued
-ones (the state store queues them, so each transition is sent once across processes)."""
+ones (the state store queues them, at most MAX_QUEUED_MESSAGES per token, so each transition is sent once across
+processes)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 import httpx2
 
 from tensorfeed_mcp.alerts import SpendFigures
 from tensorfeed_mcp.config import Settings, WebhookFormat, webhook_destination
 from tensorfeed_mcp.errors import StateStoreError
 from tensorfeed_mcp.models import AlertVerdict, Notifications, WebhookDelivery
-from tensorfeed_mcp.store import Store
+from tensorfeed_mcp.store import Outbox, Store
 
 logger = logging.getLogger(__name__)
 
 ATTEMPTS = 3
 ATTEMPT_TIMEOUT_SECONDS = 5.0
 BACKOFF_SECONDS = 0.5  # doubled after each failed attempt
+RETRY_SECONDS = 5.0  # a background sender's first wait after the receiver did not take a message; doubled each time
+MAX_RETRY_SECONDS = 300.0
+MAX_REMEMBERED_TOKENS = 1_000  # last deliveries kept in memory (hosted: tenants), the least recent forgotten
 Outcome = Literal["delivered", "failed", "will_retry"]
 
 
@@ -87,13 +95,15 @@ def body_for(message: dict[str, Any], fmt: WebhookFormat) -> dict[str, Any]:
 async def deliver(http: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> tuple[Outcome, str]:
     """POST `body` to `url`, retrying 5xx, timeouts and connection errors with backoff; never a 4xx or redirect.
 
-    The detail says what the receiver answered and never quotes the URL (it carries the receiver's key).
+    Only the status is read: the answer's body is never (a receiver could answer with gigabytes). The detail says
+    what the receiver answered and never quotes the URL (it carries the receiver's key).
     """
     problem = ""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with anyio.fail_after(ATTEMPT_TIMEOUT_SECONDS):
-                response = await http.post(url, json=body)
+                async with http.stream("POST", url, json=body) as response:
+                    status = response.status_code
         except (TimeoutError, httpx2.TimeoutException):
             problem = f"no answer within {ATTEMPT_TIMEOUT_SECONDS:g} s"
         except httpx2.TransportError:
@@ -101,7 +111,6 @@ async def deliver(http: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> t
         except Exception as exc:  # the exception's text may quote the URL: name only its kind
             problem = f"sending failed ({type(exc).__name__})"
         else:
-            status = response.status_code
             if status < 300:
                 return "delivered", f"HTTP {status}"
             if status < 400:
@@ -114,55 +123,124 @@ async def deliver(http: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> t
     return "will_retry", f"{problem} after {ATTEMPTS} attempts"
 
 
-async def send_queued(store: Store, fingerprint: str, settings: Settings) -> WebhookDelivery | None:
-    """Post the token's queued alert messages to the webhook, oldest first; return how the last one went.
+class WebhookSender:
+    """Posts tokens' queued alert messages to the webhook, oldest first, one at a time, and remembers how the last
+    one went for each token.
 
-    After a failure worth retrying the rest stay queued: the receiver is likely down, and the next check (of any
-    process) tries again.
+    A server runs it in the background (`running`): a check then only wakes it, so no tool call waits on a
+    receiver, and a message the receiver did not take is tried again by itself, later and later, while the process
+    runs. Otherwise (a `check` or `record` command) each check sends before it answers, for at most the call
+    deadline, and what is left stays queued for the next run.
     """
-    url = settings.alert_webhook_url
-    if url is None:
-        return None
-    queued = await store.claim_messages(fingerprint, time.time())
-    if not queued:
-        return None
-    last: WebhookDelivery | None = None
-    async with httpx2.AsyncClient(follow_redirects=False, trust_env=False) as http:
-        for position, (message_id, body) in enumerate(queued):
-            message = json.loads(body)
-            outcome, detail = await deliver(http, url, body_for(message, settings.alert_webhook_format))
-            await store.settle_message(message_id, done=outcome != "will_retry")
-            last = WebhookDelivery(
-                at=datetime.now(UTC),
-                rule=message["alert"]["name"],
-                event=message["event"],
-                outcome=outcome,
-                detail=detail,
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._last: OrderedDict[str, WebhookDelivery] = OrderedDict()
+        self._group: anyio.abc.TaskGroup | None = None
+        self._woken: dict[str, anyio.Event] = {}  # a token's sending task, by the event that wakes it early
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Send in the background until exit; a message being sent at exit is left queued for whoever is next."""
+        async with anyio.create_task_group() as group:
+            self._group = group
+            try:
+                yield
+            finally:
+                self._group = None
+                group.cancel_scope.cancel()
+
+    async def after_check(self, fingerprint: str) -> Notifications:
+        """What a check reports about the webhook, once it has queued the token's transitions: the background
+        sender is woken after the report is made (so the report says what this check left), a foreground one has
+        sent first."""
+        url = self._settings.alert_webhook_url
+        if url is None:
+            return Notifications(
+                configured=False, destination=None, format=None, pending=0, dropped=0, last_delivery=None
             )
-            if outcome != "delivered":
-                logger.warning("Alert webhook delivery %s: %s", outcome.replace("_", " "), detail)
-            if outcome == "will_retry":
-                for later_id, _ in queued[position + 1 :]:
-                    await store.settle_message(later_id, done=False)
-                break
-    return last
+        if self._group is None:
+            budget = self._settings.deadline_seconds
+            with anyio.move_on_after(budget):
+                try:
+                    await self._send_queue(fingerprint, f"the {budget:g} s allowed for sending ran out")
+                except StateStoreError as exc:
+                    logger.warning("Alert webhook: the queue could not be read: %s", exc)
+        try:
+            outbox = await self._store.outbox(fingerprint)
+        except StateStoreError:
+            outbox = Outbox(0, 0)  # the check already reports the state file's problem in state_error
+        report = Notifications(
+            configured=True,
+            destination=webhook_destination(url),
+            format=self._settings.alert_webhook_format,
+            pending=outbox.pending,
+            dropped=outbox.dropped,
+            last_delivery=self._last.get(fingerprint),
+        )
+        if self._group is not None and outbox.pending:
+            self._wake(fingerprint, self._group)
+        return report
 
+    def _wake(self, fingerprint: str, group: anyio.abc.TaskGroup) -> None:
+        woken = self._woken.get(fingerprint)
+        if woken is not None:
+            woken.set()
+        else:
+            self._woken[fingerprint] = anyio.Event()
+            group.start_soon(self._keep_sending, fingerprint)
 
-async def notifications(
-    store: Store, fingerprint: str, settings: Settings, last_delivery: WebhookDelivery | None
-) -> Notifications:
-    """What check_spend_alerts reports about the webhook: where, which format, what waits, how the last send went."""
-    url = settings.alert_webhook_url
-    if url is None:
-        return Notifications(configured=False, destination=None, format=None, pending=0, last_delivery=None)
-    try:
-        pending = await store.queued_messages(fingerprint)
-    except StateStoreError:
-        pending = 0  # the check already reports the state file's problem in state_error
-    return Notifications(
-        configured=True,
-        destination=webhook_destination(url),
-        format=settings.alert_webhook_format,
-        pending=pending,
-        last_delivery=last_delivery,
-    )
+    async def _keep_sending(self, fingerprint: str) -> None:
+        """Send the token's queue; after a failure worth retrying, wait (RETRY_SECONDS, doubling up to
+        MAX_RETRY_SECONDS, or until the next check wakes it) and send again, until nothing is left."""
+        wait = RETRY_SECONDS
+        try:
+            while True:
+                try:
+                    if await self._send_queue(fingerprint, "the server stopped before the receiver answered"):
+                        return
+                except StateStoreError as exc:
+                    logger.warning("Alert webhook: the queue could not be read: %s", exc)
+                with anyio.move_on_after(wait):
+                    await self._woken[fingerprint].wait()
+                self._woken[fingerprint] = anyio.Event()
+                wait = min(2 * wait, MAX_RETRY_SECONDS)
+        finally:
+            del self._woken[fingerprint]
+
+    async def _send_queue(self, fingerprint: str, stopped: str) -> bool:
+        """Send the token's queued messages one by one; True once none is left that this process could take.
+        Stopped (cancelled) while a message is out, that message stays queued and `stopped` says why."""
+        url = self._settings.alert_webhook_url
+        assert url is not None
+        async with httpx2.AsyncClient(follow_redirects=False, trust_env=False) as http:
+            while True:
+                with anyio.CancelScope(shield=True):  # a claim made but not heard of would hold the message a lease
+                    claimed = await self._store.claim_message(fingerprint, time.time())
+                if claimed is None:
+                    return True
+                message_id, body = claimed
+                message = json.loads(body)
+                outcome: Outcome = "will_retry"
+                try:
+                    outcome, detail = await deliver(http, url, body_for(message, self._settings.alert_webhook_format))
+                except anyio.get_cancelled_exc_class():
+                    self._remember(fingerprint, message, "will_retry", stopped)
+                    raise
+                finally:
+                    with anyio.CancelScope(shield=True):  # stopped mid-send: leave it queued for the next sender
+                        await self._store.settle_message(message_id, done=outcome != "will_retry")
+                self._remember(fingerprint, message, outcome, detail)
+                if outcome == "will_retry":
+                    return False
+
+    def _remember(self, fingerprint: str, message: dict[str, Any], outcome: Outcome, detail: str) -> None:
+        if outcome != "delivered":
+            logger.warning("Alert webhook delivery %s: %s", outcome.replace("_", " "), detail)
+        self._last[fingerprint] = WebhookDelivery(
+            at=datetime.now(UTC), rule=message["alert"]["name"], event=message["event"], outcome=outcome, detail=detail
+        )
+        self._last.move_to_end(fingerprint)
+        while len(self._last) > MAX_REMEMBERED_TOKENS:
+            self._last.popitem(last=False)

@@ -22,7 +22,7 @@ from postgres import PostgresServer
 from tensorfeed_mcp.alerts import make_rule
 from tensorfeed_mcp.errors import InvalidInputError, StateStoreError
 from tensorfeed_mcp.ledger import Reading, SeenCall, SeenPurchase
-from tensorfeed_mcp.models import AlertStatus
+from tensorfeed_mcp.models import MAX_QUEUED_MESSAGES, AlertStatus
 from tensorfeed_mcp.store import OUTBOX_LEASE_SECONDS, AlertEvent, Store
 from tensorfeed_mcp.store.postgres import SCHEMA_VERSION, STATEMENT_TIMEOUT_MS, TOKEN_LOCK_CLASS, PostgresStore
 from tensorfeed_mcp.store.sqlite import SqliteStore
@@ -45,6 +45,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 def composed(name: str, event: AlertEvent, since: datetime | None) -> str:
     return f"{name} {event} {since.isoformat() if since else '-'}"
+
+
+async def claimed_all(store: Store, fingerprint: str) -> AsyncIterator[tuple[int, str]]:
+    """Claim the token's messages one by one, as a sender does, until none is left."""
+    while (message := await store.claim_message(fingerprint, 0.0)) is not None:
+        yield message
 
 
 # ---- Both backends ---------------------------------------------------------------------------------------------
@@ -107,22 +113,39 @@ async def test_each_transition_queues_one_message_held_by_its_claimer_for_a_leas
     await store.record_statuses("fp", {"floor": "triggered", "cap": "triggered"}, T0 + minute, composed)
     await store.record_statuses("fp", {"floor": "ok", "cap": "unknown"}, T0 + 2 * minute, composed)
     await store.record_statuses("fp", {"floor": "ok"}, T0 + 3 * minute)  # without compose nothing is queued
-    assert (await store.queued_messages("fp"), await store.queued_messages("fp-other")) == (3, 0)
+    assert (await store.outbox("fp"), await store.outbox("fp-other")) == ((3, 0), (0, 0))
     now = 1_800_000_000.0
-    claimed = await store.claim_messages("fp", now)
-    assert [body for _, body in claimed] == [
+    claimed = [await store.claim_message("fp", now) for _ in range(3)]
+    assert [message[1] for message in claimed if message] == [
         f"floor triggered {T0.isoformat()}",
         f"cap triggered {(T0 + minute).isoformat()}",
         "floor resolved -",
     ]
-    assert [message_id for message_id, _ in claimed] == sorted(message_id for message_id, _ in claimed)
-    assert await store.claim_messages("fp", now + 1) == []  # all held by the first claim
-    assert await store.claim_messages("fp-other", now + 1) == []
-    await store.settle_message(claimed[0][0], done=True)
-    await store.settle_message(claimed[1][0], done=False)
-    assert await store.claim_messages("fp", now + 2) == [claimed[1]]  # released; the third is still held
-    assert await store.claim_messages("fp", now + OUTBOX_LEASE_SECONDS + 1) == [claimed[2]]  # its lease ran out
-    assert await store.queued_messages("fp") == 2
+    first, second, third = (message for message in claimed if message)
+    assert first[0] < second[0] < third[0]
+    assert await store.claim_message("fp", now + 1) is None  # all held by their claims
+    assert await store.claim_message("fp-other", now + 1) is None
+    await store.settle_message(first[0], done=True)
+    await store.settle_message(second[0], done=False)
+    assert await store.claim_message("fp", now + 2) == second  # released; the third is still held
+    assert await store.claim_message("fp", now + OUTBOX_LEASE_SECONDS + 1) == third  # its lease ran out
+    assert await store.outbox("fp") == (2, 0)
+
+
+async def test_a_tokens_queue_keeps_its_newest_messages_and_counts_those_dropped(store: Store) -> None:
+    """Only transitions queue messages, so each round flips every rule: the queue keeps the newest
+    MAX_QUEUED_MESSAGES of the token's messages, counts the rest, and leaves other tokens' alone."""
+    rules = [f"rule-{number:02d}" for number in range(30)]
+    await store.record_statuses("fp-other", {"floor": "triggered"}, T0, composed)
+    statuses: tuple[AlertStatus, ...] = ("triggered", "ok", "triggered")
+    for round_number, status in enumerate(statuses):
+        at = T0 + timedelta(minutes=round_number)
+        await store.record_statuses("fp", dict.fromkeys(rules, status), at, composed)
+    made = 3 * len(rules)
+    assert await store.outbox("fp") == (MAX_QUEUED_MESSAGES, made - MAX_QUEUED_MESSAGES)
+    assert await store.outbox("fp-other") == (1, 0)
+    oldest = await store.claim_message("fp", 0.0)
+    assert oldest is not None and oldest[1].startswith(f"rule-{made - MAX_QUEUED_MESSAGES - len(rules):02d} resolved")
 
 
 B = 1_790_000_000_000  # a time in milliseconds, beyond 32 bits as every real one is
@@ -407,7 +430,7 @@ async def test_stores_checking_one_token_at_once_queue_each_transition_once(data
             async with anyio.create_task_group() as tasks:
                 for replica in (first, second, first, second):
                     tasks.start_soon(replica.record_statuses, "fp", {"floor": status, "cap": status}, now, composed)
-        messages = await second.claim_messages("fp", 0.0)
+        messages = [message async for message in claimed_all(second, "fp")]
     events = ["triggered" if number % 2 == 0 else "resolved" for number in range(rounds)]
     assert [body.rsplit(" ", 1)[0] for _, body in messages] == [
         f"{name} {event}" for event in events for name in ("floor", "cap")

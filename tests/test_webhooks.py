@@ -28,34 +28,54 @@ from urllib.parse import urlsplit
 
 import anyio
 import pytest
-from conftest import Caller, read_recorded, record, server_env, settings_for, stdio_params
+from conftest import (
+    WATCHED_TOKENS,
+    Caller,
+    console_script,
+    masked,
+    read_recorded,
+    record,
+    server_env,
+    settings_for,
+    stdio_params,
+)
 from mcp import Client
 from mcp.client.stdio import stdio_client
+from replicas import replica_env, running_replicas, tenant_client
 from test_cli import EXIT_CANNOT_RUN, EXIT_OK, EXIT_TRIGGERED, run
 
 from tensorfeed_mcp.config import mask_token
-from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, SandboxControl
+from tensorfeed_mcp.models import MAX_QUEUED_MESSAGES
+from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, SandboxControl, sandbox_token
 
 HOOK_KEY = secrets.token_hex(12)
 """The secret part of every webhook URL here, as a Slack URL's last segment is its key."""
 HOOK_PATH = f"/hooks/T000/B000/{HOOK_KEY}"
 TOKEN = DEMO_TOKENS["busy"]
+TENANTS = {name: sandbox_token(name) for name in ("hook-a", "hook-b")}
+WATCHED_TOKENS.extend(TENANTS.values())
 RULE = "env:balance_below"
 URL_VARIABLE, FORMAT_VARIABLE = "TENSORFEED_ALERT_WEBHOOK_URL", "TENSORFEED_ALERT_WEBHOOK_FORMAT"
 ARRIVAL_SECONDS = 20.0
 BACKOFF_BOUND_SECONDS = 2.5  # three attempts' backoff is "under ~2 s in all", plus loopback round trips
 PAYMENT_PATHS = ("/api/payment/balance", "/api/payment/usage", "/api/payment/spend-cap")
+ANSWER_CHUNK_BYTES = 64 * 1024
+HUGE_ANSWER_BYTES = 256 * 1024 * 1024
+MEMORY_ALLOWANCE_MB = 32
+START_ALLOWANCE_SECONDS = 4.0  # for a command's start and its reads, on a loaded machine
+TRIGGER_DELIVERED = {"rule": RULE, "event": "triggered", "outcome": "delivered"}
 
 
 @dataclass(frozen=True)
 class Post:
-    """One POST the receiver got, and the status it answered."""
+    """One POST the receiver got, the status it answered and how much of its answer's body it could send."""
 
     path: str
     headers: dict[str, str]
     body: Any
     answered: int
     at: float
+    answer_bytes: int
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -68,20 +88,35 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             body = raw
         status = receiver.next_status()
+        receiver.wait_until_released()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", "2")
+        self.send_header("Content-Length", str(receiver.answer_size))
         self.end_headers()
-        self.wfile.write(b"ok")
+        sent = self._send_answer(receiver.answer_size)
         headers = {name.lower(): value for name, value in self.headers.items()}
-        receiver.add(Post(self.path, headers, body, status, time.monotonic()))
+        receiver.add(Post(self.path, headers, body, status, time.monotonic(), sent))
+
+    def _send_answer(self, size: int) -> int:
+        """Send `size` bytes of answer ("okok…"), until the sender hangs up; how many bytes went."""
+        chunk = b"ok" * (ANSWER_CHUNK_BYTES // 2)
+        sent = 0
+        try:
+            while sent < size:
+                part = chunk[: size - sent]
+                self.wfile.write(part)
+                sent += len(part)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        return sent
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: tests read what arrived from the receiver itself."""
 
 
 class Receiver(ThreadingHTTPServer):
-    """A webhook receiver on 127.0.0.1 that answers each POST with the next queued status (200 when none)."""
+    """A webhook receiver on 127.0.0.1 that answers each POST with the next queued status (200 when none) and a body
+    of `answer_size` bytes; while held, it answers nothing until released."""
 
     daemon_threads = True
 
@@ -90,6 +125,9 @@ class Receiver(ThreadingHTTPServer):
         self._posts: list[Post] = []
         self._statuses: deque[int] = deque()
         self._arrived = threading.Condition()
+        self._released = threading.Event()
+        self._released.set()
+        self.answer_size = 2
 
     @property
     def url(self) -> str:
@@ -102,6 +140,16 @@ class Receiver(ThreadingHTTPServer):
     def next_status(self) -> int:
         with self._arrived:
             return self._statuses.popleft() if self._statuses else 200
+
+    def hold(self) -> None:
+        """Answer nothing until `release`: a receiver that hangs."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait_until_released(self) -> None:
+        self._released.wait()
 
     def add(self, post: Post) -> None:
         with self._arrived:
@@ -129,6 +177,7 @@ def receiving(port: int = 0) -> Iterator[Receiver]:
     try:
         yield receiver
     finally:
+        receiver.release()  # a held answer must not outlive the test
         receiver.shutdown()
         receiver.server_close()
         thread.join(10)
@@ -262,7 +311,8 @@ async def test_each_transition_is_posted_once_across_a_watcher_and_two_concurren
 
             from_tool = (await Caller(client).ok("check_spend_alerts"))["notifications"]
             assert (from_tool["configured"], from_tool["format"], from_tool["pending"]) == (True, "json", 0)
-            assert from_tool["last_delivery"] is None
+            # The server posts only what its own checks left queued: here perhaps the trigger, never the resolution.
+            assert from_tool["last_delivery"] in (None, {**from_tool["last_delivery"], **TRIGGER_DELIVERED})
             assert_destination(from_tool["destination"], receiver.url)
     assert_hidden(read_recorded(server_log))
     assert events(receiver.posts()) == [("triggered", RULE), ("resolved", RULE)]
@@ -315,22 +365,144 @@ def test_each_format_carries_the_alert_and_the_account(
         assert_summary(body["content"], verdict, "triggered")
 
 
+async def reported_after_sending(caller: Caller) -> dict[str, Any]:
+    """check_spend_alerts's answer once the server's background sender has reported a delivery and left nothing
+    queued (failing after ARRIVAL_SECONDS)."""
+    with anyio.fail_after(ARRIVAL_SECONDS):
+        while True:
+            result = await caller.ok("check_spend_alerts")
+            notifications = result["notifications"]
+            if notifications["pending"] == 0 and notifications["last_delivery"] is not None:
+                return result
+            await anyio.sleep(0.1)
+
+
+async def save_low_balance_rules(caller: Caller, sandbox: RunningSandbox, count: int) -> list[str]:
+    """Save `count` balance_below rules, each triggered by busy's balance; their names, in the order checks list
+    them."""
+    names = [f"low-{number:02d}" for number in range(count)]
+    for name in names:
+        await caller.ok("set_spend_alert", kind="balance_below", threshold=balance_of(sandbox) + 1, name=name)
+    return names
+
+
 @pytest.mark.anyio
-async def test_a_tool_check_posts_a_saved_rules_transition_and_reports_it(
+async def test_a_tool_check_queues_a_saved_rules_transition_and_the_server_posts_it(
     sandbox: RunningSandbox, receiver: Receiver, tmp_path: Path
 ) -> None:
-    """Issue 12 item 4: check_spend_alerts over stdio posts the transition and reports notifications."""
+    """Issue 12 item 4: check_spend_alerts over stdio answers with the transition queued and no delivery claimed;
+    the server posts it in the background, and a later check reports how that went."""
     params = stdio_params(settings_for(sandbox, tmp_path / "state"), TENSORFEED_ALERT_WEBHOOK_URL=receiver.url)
     with (tmp_path / "server.log").open("w") as errlog:
         async with Client(stdio_client(params, errlog=errlog), mode="legacy") as client:
             caller = Caller(client)
-            await caller.ok("set_spend_alert", kind="balance_below", threshold=balance_of(sandbox) + 1, name="low")
-            result = await caller.ok("check_spend_alerts")
-    assert_hidden(read_recorded(tmp_path / "server.log"), json.dumps(result))
-    delivery = result["notifications"]["last_delivery"]
-    assert (delivery["rule"], delivery["event"], delivery["outcome"]) == ("low", "triggered", "delivered")
-    [post] = receiver.posts()
-    assert post.body["event"] == "triggered" and post.body["alert"] == result["alerts"][0]
+            [name] = await save_low_balance_rules(caller, sandbox, 1)
+            queued = await caller.ok("check_spend_alerts")
+            [post] = await anyio.to_thread.run_sync(receiver.wait_for, 1)
+            reported = await reported_after_sending(caller)
+    assert_hidden(read_recorded(tmp_path / "server.log"), json.dumps(queued), json.dumps(reported))
+    assert (queued["notifications"]["pending"], queued["notifications"]["last_delivery"]) == (1, None)
+    assert post.body["event"] == "triggered" and post.body["alert"] == queued["alerts"][0]
+    delivery = reported["notifications"]["last_delivery"]
+    assert (delivery["rule"], delivery["event"], delivery["outcome"]) == (name, "triggered", "delivered")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transitions", [30, MAX_QUEUED_MESSAGES + 10])
+async def test_a_tool_check_answers_within_its_deadline_while_the_receiver_hangs(
+    sandbox: RunningSandbox, receiver: Receiver, tmp_path: Path, transitions: int
+) -> None:
+    """Audit finding 2: with many transitions at once and a receiver that answers nothing, check_spend_alerts
+    answers within the call's deadline, with every message queued and none claimed delivered, up to the queue's
+    bound: beyond it the oldest are dropped and counted. Once the receiver answers, the server posts each queued
+    message once, in the background."""
+    settings = settings_for(sandbox, tmp_path / "state")
+    params = stdio_params(settings, TENSORFEED_ALERT_WEBHOOK_URL=receiver.url)
+    with (tmp_path / "server.log").open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), mode="legacy") as client:
+            caller = Caller(client)
+            names = await save_low_balance_rules(caller, sandbox, transitions)
+            receiver.hold()
+            started = time.monotonic()
+            queued = await caller.ok("check_spend_alerts")
+            took = time.monotonic() - started
+            assert took < settings.deadline_seconds, f"check_spend_alerts took {took:.1f} s"
+            receiver.release()
+            kept = names[-MAX_QUEUED_MESSAGES:]
+            posts = await anyio.to_thread.run_sync(receiver.wait_for, len(kept))
+            reported = await reported_after_sending(caller)
+    assert_hidden(read_recorded(tmp_path / "server.log"), json.dumps(queued), json.dumps(reported))
+    notifications = queued["notifications"]
+    assert queued["triggered"] == transitions and notifications["last_delivery"] is None
+    assert (notifications["pending"], notifications["dropped"]) == (len(kept), transitions - len(kept))
+    assert events(posts) == [("triggered", name) for name in kept]
+    assert (reported["notifications"]["last_delivery"]["rule"], reported["notifications"]["dropped"]) == (
+        kept[-1],
+        transitions - len(kept),
+    )
+
+
+def server_pid() -> int:
+    """The process id of the one child of this process that runs the console script (the stdio server)."""
+    children = [
+        int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()
+    ]
+    [pid] = [pid for pid in children if console_script() in Path(f"/proc/{pid}/cmdline").read_text().split("\0")]
+    return pid
+
+
+def memory_mb(pid: int, field: str) -> float:
+    """A process's VmRSS (resident now) or VmHWM (the most it ever had resident), in MiB."""
+    [line] = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(f"{field}:")]
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.anyio
+async def test_a_huge_answer_is_not_read_and_the_servers_memory_stays_bounded(
+    sandbox: RunningSandbox, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Audit finding 1: the receiver answers 200 with a 256 MiB body. The server stops reading at once (the receiver
+    gets to send only what the sockets' buffers hold), reports the message delivered, and its peak resident memory
+    stays within a few MB of what it was."""
+    receiver.answer_size = HUGE_ANSWER_BYTES
+    params = stdio_params(settings_for(sandbox, tmp_path / "state"), TENSORFEED_ALERT_WEBHOOK_URL=receiver.url)
+    with (tmp_path / "server.log").open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), mode="legacy") as client:
+            caller = Caller(client)
+            await save_low_balance_rules(caller, sandbox, 1)
+            pid = server_pid()
+            before = memory_mb(pid, "VmRSS")
+            await caller.ok("check_spend_alerts")
+            [post] = await anyio.to_thread.run_sync(receiver.wait_for, 1)
+            reported = await reported_after_sending(caller)
+            peak = memory_mb(pid, "VmHWM")
+    assert_hidden(read_recorded(tmp_path / "server.log"), json.dumps(reported))
+    assert peak - before < MEMORY_ALLOWANCE_MB, f"resident memory went from {before:.0f} to {peak:.0f} MiB"
+    assert post.answer_bytes < HUGE_ANSWER_BYTES // 16, f"the server took {post.answer_bytes:,} bytes of the answer"
+    delivery = reported["notifications"]["last_delivery"]
+    assert (delivery["outcome"], delivery["detail"]) == ("delivered", "HTTP 200")
+
+
+@pytest.mark.anyio
+async def test_the_server_retries_what_the_receiver_did_not_take_without_another_check(
+    sandbox: RunningSandbox, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Audit finding 2: three 5xx answers leave the message queued; the server's sender tries again by itself (no
+    check in between) and delivers it; a later check reports that."""
+    receiver.answer_with(500, 502, 503)
+    params = stdio_params(settings_for(sandbox, tmp_path / "state"), TENSORFEED_ALERT_WEBHOOK_URL=receiver.url)
+    with (tmp_path / "server.log").open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), mode="legacy") as client:
+            caller = Caller(client)
+            await save_low_balance_rules(caller, sandbox, 1)
+            queued = await caller.ok("check_spend_alerts")
+            posts = await anyio.to_thread.run_sync(receiver.wait_for, 4)
+            reported = await reported_after_sending(caller)
+    assert_hidden(read_recorded(tmp_path / "server.log"), json.dumps(queued), json.dumps(reported))
+    assert queued["notifications"]["pending"] == 1
+    assert [post.answered for post in posts] == [500, 502, 503, 200]
+    assert all(post.body == posts[0].body for post in posts)
+    assert reported["notifications"]["last_delivery"]["outcome"] == "delivered"
 
 
 def test_a_500_then_200_is_delivered_once_after_a_retry(
@@ -411,7 +583,7 @@ def test_only_transitions_seen_while_a_webhook_is_configured_are_posted(
 
     unconfigured = check(check_env(sandbox, tmp_path, **alert_vars(sandbox, None)))
     assert unconfigured.code == EXIT_TRIGGERED
-    off = {"configured": False, "destination": None, "format": None, "pending": 0, "last_delivery": None}
+    off = {"configured": False, "destination": None, "format": None, "pending": 0, "dropped": 0, "last_delivery": None}
     assert unconfigured.notifications == off
 
     configured = check(check_env(sandbox, tmp_path, **alert_vars(sandbox, receiver.url)))
@@ -508,3 +680,66 @@ def test_record_posts_a_transition_once_as_check_does(
     assert events(receiver.posts()) == [("triggered", RULE)]
     checked = check(env, "--webhook-url", receiver.url)
     assert checked.delivery is None and events(receiver.posts()) == [("triggered", RULE)]
+
+
+@pytest.mark.parametrize("command", ["check", "record"])
+def test_check_and_record_stop_sending_at_their_budget_and_say_what_is_still_queued(
+    sandbox: RunningSandbox, receiver: Receiver, tmp_path: Path, command: str
+) -> None:
+    """Audit finding 2: with the receiver hanging, `check` and `record` send for at most the call deadline (twice
+    TENSORFEED_TIMEOUT_SECONDS), then exit saying the message is still queued; the next run delivers it."""
+    budget = settings_for(sandbox, tmp_path).deadline_seconds
+    env = check_env(sandbox, tmp_path, **alert_vars(sandbox, receiver.url))
+    receiver.hold()
+    started = time.monotonic()
+    done = run(command, *(["--json"] if command == "check" else []), env=env)
+    took = time.monotonic() - started
+    receiver.release()
+    assert_hidden(done.stdout, done.stderr)
+    assert took < 2 * budget + START_ALLOWANCE_SECONDS, f"{command} took {took:.1f} s"
+    if command == "check":
+        notifications = json.loads(done.stdout)["notifications"]
+        assert notifications["pending"] == 1
+        assert notifications["last_delivery"]["outcome"] == "will_retry"
+        assert f"{budget:g} s allowed for sending ran out" in notifications["last_delivery"]["detail"]
+    else:
+        assert done.returncode == EXIT_OK and "Webhook messages still queued: 1." in done.stdout, done.stdout
+    after = check(env)
+    assert_delivery(after, "triggered", "delivered")
+    assert after.notifications["pending"] == 0
+
+
+@pytest.mark.anyio
+async def test_a_hosted_replica_sends_a_tenants_messages_only_once_that_tenant_checks_there(
+    fresh_sandbox: RunningSandbox, receiver: Receiver, database_url: str, tmp_path: Path
+) -> None:
+    """Audit finding 2, hosted: hook-b's message, queued by a replica whose receiver was down, waits in the shared
+    database while another replica serves hook-a; that replica posts hook-a's message after hook-a's check, and
+    hook-b's only after hook-b checks there, each to the configured URL and carrying its own tenant's token."""
+    for name in TENANTS:
+        fresh_sandbox.control.create_account(name, 100)
+    rule = {"TENSORFEED_ALERT_BALANCE_BELOW": "200"}
+    down = f"http://127.0.0.1:{closed_port()}{HOOK_PATH}"
+    logs = [tmp_path / "down.log", tmp_path / "up.log"]
+    try:
+        with running_replicas(
+            replica_env(fresh_sandbox.api_url, database_url, None, **rule, **{URL_VARIABLE: down}), logs[:1]
+        ) as [first]:
+            async with tenant_client(first.url, TENANTS["hook-b"], "legacy") as client:
+                assert (await Caller(client).ok("check_spend_alerts"))["notifications"]["pending"] == 1
+        up = replica_env(fresh_sandbox.api_url, database_url, None, **rule, **{URL_VARIABLE: receiver.url})
+        with running_replicas(up, logs[1:]) as [second]:
+            async with tenant_client(second.url, TENANTS["hook-a"], "legacy") as client:
+                await Caller(client).ok("check_spend_alerts")
+                await reported_after_sending(Caller(client))
+            assert [post.body["token"] for post in receiver.posts()] == [masked(TENANTS["hook-a"])]
+            asked = time.monotonic()
+            async with tenant_client(second.url, TENANTS["hook-b"], "2026-07-28") as client:
+                assert (await Caller(client).ok("check_spend_alerts"))["notifications"]["pending"] == 1
+                await reported_after_sending(Caller(client))
+    finally:
+        for log in logs:
+            assert_hidden(read_recorded(log))
+    posts = receiver.posts()
+    assert [post.body["token"] for post in posts] == [masked(token) for token in TENANTS.values()]
+    assert posts[1].at > asked and {post.path for post in posts} == {HOOK_PATH}

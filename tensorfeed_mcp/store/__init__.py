@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from tensorfeed_mcp.config import Settings, hosted_extra_missing
 from tensorfeed_mcp.errors import InvalidInputError
@@ -55,20 +55,21 @@ class Store(Protocol):
     ) -> dict[str, datetime | None]:
         """Store this check's statuses (see `next_statuses`) and return each rule's `since`. With `compose`, each
         transition into or out of triggered queues its message in the same transaction, so across processes each
-        transition is queued exactly once. When a stored status changed, every watcher hears of it."""
+        transition is queued exactly once; the token's queue then keeps its newest MAX_QUEUED_MESSAGES, the older
+        ones dropped and counted. When a stored status changed, every watcher hears of it."""
         ...
 
-    async def claim_messages(self, fingerprint: str, now: float) -> list[tuple[int, str]]:
-        """The token's queued messages (id, body), oldest first, that no live sender holds; each is now held by the
-        caller for OUTBOX_LEASE_SECONDS (`now` in epoch seconds), so a crashed sender's message is retried."""
+    async def claim_message(self, fingerprint: str, now: float) -> tuple[int, str] | None:
+        """The token's oldest queued message (id, body) that no live sender holds, now held by the caller for
+        OUTBOX_LEASE_SECONDS (`now` in epoch seconds), so a crashed sender's message is retried; None when none."""
         ...
 
     async def settle_message(self, message_id: int, *, done: bool) -> None:
         """Remove a sent (or undeliverable) message, or release it for the next run to retry."""
         ...
 
-    async def queued_messages(self, fingerprint: str) -> int:
-        """How many of the token's messages wait to be sent."""
+    async def outbox(self, fingerprint: str) -> Outbox:
+        """How many of the token's messages wait to be sent, and how many were ever dropped unsent."""
         ...
 
     async def record_snapshot(
@@ -100,6 +101,11 @@ class Store(Protocol):
         """Call `listener` on this process's event loop whenever any process changes a token's stored alert
         statuses; return the way to stop. Listeners must not raise or block."""
         ...
+
+
+class Outbox(NamedTuple):
+    pending: int
+    dropped: int
 
 
 def rule_limit_error(count: int, limit: int) -> InvalidInputError:

@@ -24,12 +24,13 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tensorfeed_mcp.config import DATABASE_URL_EXAMPLE, checked_database_url, redact_secrets
 from tensorfeed_mcp.errors import StateStoreError
 from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
-from tensorfeed_mcp.models import AlertRule, AlertStatus
+from tensorfeed_mcp.models import MAX_QUEUED_MESSAGES, AlertRule, AlertStatus
 from tensorfeed_mcp.store import (
     MAX_SAVED_RULES,
     OUTBOX_LEASE_SECONDS,
     ChangeListener,
     Compose,
+    Outbox,
     SaveAction,
     Watchers,
     next_statuses,
@@ -106,6 +107,13 @@ MIGRATIONS = (
     DELETE FROM ledger_readings WHERE at > (extract(epoch FROM now()) * 1000)::bigint + 300000;
     DELETE FROM ledger_calls WHERE at > (extract(epoch FROM now()) * 1000)::bigint + 300000;
     DELETE FROM ledger_purchases WHERE at > (extract(epoch FROM now()) * 1000)::bigint + 300000;
+    """,
+    # 3: each token's queue is bounded (MAX_QUEUED_MESSAGES); what was dropped unsent is counted here.
+    """
+    CREATE TABLE alert_outbox_dropped (
+        fingerprint text COLLATE "C" PRIMARY KEY,
+        dropped bigint NOT NULL
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -227,25 +235,37 @@ class PostgresStore:
                     "ON CONFLICT (fingerprint, name) DO UPDATE SET status = excluded.status, since = excluded.since",
                     [(fingerprint, *row) for row in update.rows],
                 )
-                if compose is not None:
+                if compose is not None and update.transitions:
                     await writer.executemany(
                         "INSERT INTO alert_outbox (fingerprint, body) VALUES (%s, %s)",
                         [(fingerprint, compose(name, event, update.since[name])) for name, event in update.transitions],
                     )
+                    await writer.execute(
+                        "DELETE FROM alert_outbox WHERE fingerprint = %s AND id NOT IN "
+                        "(SELECT id FROM alert_outbox WHERE fingerprint = %s ORDER BY id DESC LIMIT %s)",
+                        (fingerprint, fingerprint, MAX_QUEUED_MESSAGES),
+                    )
+                    if writer.rowcount > 0:
+                        await writer.execute(
+                            "INSERT INTO alert_outbox_dropped (fingerprint, dropped) VALUES (%s, %s) ON CONFLICT "
+                            "(fingerprint) DO UPDATE SET dropped = alert_outbox_dropped.dropped + excluded.dropped",
+                            (fingerprint, writer.rowcount),
+                        )
             if update.changed:  # delivered to every listener when this transaction commits, and only then
                 await conn.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, fingerprint))
             return update.since
 
-    async def claim_messages(self, fingerprint: str, now: float) -> list[tuple[int, str]]:
+    async def claim_message(self, fingerprint: str, now: float) -> tuple[int, str] | None:
         async with self._connection() as conn:
-            # Rows another sender is claiming right now are skipped, not waited for: they are its to send.
+            # A row another sender is claiming right now is skipped, not waited for: it is that sender's to send.
             cursor = await conn.execute(
-                "UPDATE alert_outbox SET claimed_until = %s WHERE id IN (SELECT id FROM alert_outbox "
-                "WHERE fingerprint = %s AND (claimed_until IS NULL OR claimed_until < %s) FOR UPDATE SKIP LOCKED) "
-                "RETURNING id, body",
+                "UPDATE alert_outbox SET claimed_until = %s WHERE id = (SELECT id FROM alert_outbox "
+                "WHERE fingerprint = %s AND (claimed_until IS NULL OR claimed_until < %s) ORDER BY id LIMIT 1 "
+                "FOR UPDATE SKIP LOCKED) RETURNING id, body",
                 (now + OUTBOX_LEASE_SECONDS, fingerprint, now),
             )
-            return sorted((int(row[0]), str(row[1])) for row in await cursor.fetchall())
+            row = await cursor.fetchone()
+            return None if row is None else (int(row[0]), str(row[1]))
 
     async def settle_message(self, message_id: int, *, done: bool) -> None:
         if done:
@@ -255,9 +275,15 @@ class PostgresStore:
         async with self._connection() as conn:
             await conn.execute(statement, (message_id,))
 
-    async def queued_messages(self, fingerprint: str) -> int:
+    async def outbox(self, fingerprint: str) -> Outbox:
         async with self._connection() as conn:
-            return int(await _value(conn, "SELECT count(*) FROM alert_outbox WHERE fingerprint = %s", fingerprint))
+            cursor = await conn.execute(
+                "SELECT (SELECT count(*) FROM alert_outbox WHERE fingerprint = %s), "
+                "(SELECT dropped FROM alert_outbox_dropped WHERE fingerprint = %s)",
+                (fingerprint, fingerprint),
+            )
+            pending, dropped = await cursor.fetchone() or (0, None)
+            return Outbox(int(pending), int(dropped or 0))
 
     async def record_snapshot(
         self,

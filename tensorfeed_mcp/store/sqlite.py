@@ -20,12 +20,13 @@ import anyio
 
 from tensorfeed_mcp.errors import StateStoreError
 from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
-from tensorfeed_mcp.models import AlertRule, AlertStatus
+from tensorfeed_mcp.models import MAX_QUEUED_MESSAGES, AlertRule, AlertStatus
 from tensorfeed_mcp.store import (
     MAX_SAVED_RULES,
     OUTBOX_LEASE_SECONDS,
     ChangeListener,
     Compose,
+    Outbox,
     SaveAction,
     Watchers,
     next_statuses,
@@ -36,7 +37,8 @@ from tensorfeed_mcp.store import (
 if TYPE_CHECKING:
     import sqlite3
 
-SCHEMA_VERSION = 4  # 2: alert_outbox; 3: the ledger_* tables; 4: the ledger repaired of rows dated in the future
+# 2: alert_outbox; 3: the ledger_* tables; 4: the ledger repaired of rows dated in the future; 5: alert_outbox_dropped
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 5000
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_rules (
@@ -61,6 +63,10 @@ CREATE TABLE IF NOT EXISTS alert_outbox (
     body TEXT NOT NULL,
     claimed_until REAL
 );
+CREATE TABLE IF NOT EXISTS alert_outbox_dropped (
+    fingerprint TEXT PRIMARY KEY,
+    dropped INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_readings (
     fingerprint TEXT NOT NULL,
     at INTEGER NOT NULL,
@@ -184,11 +190,22 @@ class SqliteStore:
                 "ON CONFLICT (fingerprint, name) DO UPDATE SET status = excluded.status, since = excluded.since",
                 [(fingerprint, *row) for row in update.rows],
             )
-            if compose is not None:
+            if compose is not None and update.transitions:
                 db.executemany(
                     "INSERT INTO alert_outbox (fingerprint, body) VALUES (?, ?)",
                     [(fingerprint, compose(name, event, update.since[name])) for name, event in update.transitions],
                 )
+                dropped = db.execute(
+                    "DELETE FROM alert_outbox WHERE fingerprint = ? AND id NOT IN "
+                    "(SELECT id FROM alert_outbox WHERE fingerprint = ? ORDER BY id DESC LIMIT ?)",
+                    (fingerprint, fingerprint, MAX_QUEUED_MESSAGES),
+                ).rowcount
+                if dropped:
+                    db.execute(
+                        "INSERT INTO alert_outbox_dropped (fingerprint, dropped) VALUES (?, ?) "
+                        "ON CONFLICT (fingerprint) DO UPDATE SET dropped = dropped + excluded.dropped",
+                        (fingerprint, dropped),
+                    )
             return update.since, update.changed
 
         since, changed = await self._run(record, write=True)
@@ -196,18 +213,17 @@ class SqliteStore:
             self._watchers.tell(fingerprint)
         return since
 
-    async def claim_messages(self, fingerprint: str, now: float) -> list[tuple[int, str]]:
-        def claim(db: sqlite3.Connection) -> list[tuple[int, str]]:
-            rows = db.execute(
+    async def claim_message(self, fingerprint: str, now: float) -> tuple[int, str] | None:
+        def claim(db: sqlite3.Connection) -> tuple[int, str] | None:
+            row = db.execute(
                 "SELECT id, body FROM alert_outbox WHERE fingerprint = ? AND (claimed_until IS NULL OR "
-                "claimed_until < ?) ORDER BY id",
+                "claimed_until < ?) ORDER BY id LIMIT 1",
                 (fingerprint, now),
-            ).fetchall()
-            db.executemany(
-                "UPDATE alert_outbox SET claimed_until = ? WHERE id = ?",
-                [(now + OUTBOX_LEASE_SECONDS, row[0]) for row in rows],
-            )
-            return [(int(row[0]), str(row[1])) for row in rows]
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE alert_outbox SET claimed_until = ? WHERE id = ?", (now + OUTBOX_LEASE_SECONDS, row[0]))
+            return int(row[0]), str(row[1])
 
         return await self._run(claim, write=True)
 
@@ -218,13 +234,15 @@ class SqliteStore:
             statement = "UPDATE alert_outbox SET claimed_until = NULL WHERE id = ?"
         await self._run(lambda db: db.execute(statement, (message_id,)), write=True)
 
-    async def queued_messages(self, fingerprint: str) -> int:
-        return await self._run(
-            lambda db: int(
-                db.execute("SELECT count(*) FROM alert_outbox WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
-            ),
-            write=False,
-        )
+    async def outbox(self, fingerprint: str) -> Outbox:
+        def read(db: sqlite3.Connection) -> Outbox:
+            [pending] = db.execute("SELECT count(*) FROM alert_outbox WHERE fingerprint = ?", (fingerprint,)).fetchone()
+            dropped = db.execute(
+                "SELECT dropped FROM alert_outbox_dropped WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+            return Outbox(int(pending), int(dropped[0]) if dropped else 0)
+
+        return await self._run(read, write=False)
 
     async def record_snapshot(
         self,

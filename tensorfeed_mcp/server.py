@@ -273,7 +273,7 @@ class AccountRuntime:
         settings = self.settings
         async with open_store(settings) as store, AsyncExitStack() as stack, anyio.create_task_group() as group:
             webhooks = WebhookSender(store, settings)
-            await stack.enter_async_context(webhooks.running())
+            webhooks.send_in_background(group)
             if settings.multi_tenant:
                 http = await stack.enter_async_context(upstream_http_client(settings))
                 self._tenants = TenantAccounts(

@@ -8,8 +8,6 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -127,7 +125,7 @@ class WebhookSender:
     """Posts tokens' queued alert messages to the webhook, oldest first, one at a time, and remembers how the last
     one went for each token.
 
-    A server runs it in the background (`running`): a check then only wakes it, so no tool call waits on a
+    A server runs it in the background (`send_in_background`): a check then only wakes it, so no tool call waits on a
     receiver, and a message the receiver did not take is tried again by itself, later and later, while the process
     runs. Otherwise (a `check` or `record` command) each check sends before it answers, for at most the call
     deadline, and what is left stays queued for the next run.
@@ -140,16 +138,10 @@ class WebhookSender:
         self._group: anyio.abc.TaskGroup | None = None
         self._woken: dict[str, anyio.Event] = {}  # a token's sending task, by the event that wakes it early
 
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Send in the background until exit; a message being sent at exit is left queued for whoever is next."""
-        async with anyio.create_task_group() as group:
-            self._group = group
-            try:
-                yield
-            finally:
-                self._group = None
-                group.cancel_scope.cancel()
+    def send_in_background(self, group: anyio.abc.TaskGroup) -> None:
+        """From now on send in `group`'s tasks; cancelling it stops them, and a message being sent then is left
+        queued for whoever is next."""
+        self._group = group
 
     async def after_check(self, fingerprint: str) -> Notifications:
         """What a check reports about the webhook, once it has queued the token's transitions: the background

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MODES, TOOL_NAMES, Caller, read_recorded, settings_for, stdio_params
@@ -13,10 +16,15 @@ from mcp.client.stdio import stdio_client
 
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
 
-pytestmark = pytest.mark.anyio
+INITIALIZE_PARAMS = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "test", "version": "1"},
+}
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.anyio
 async def test_every_tool_over_stdio(fresh_sandbox: RunningSandbox, tmp_path: Path, mode: str) -> None:
     account = fresh_sandbox.control.account("busy")
     stderr = tmp_path / "stderr.log"
@@ -44,6 +52,7 @@ async def test_every_tool_over_stdio(fresh_sandbox: RunningSandbox, tmp_path: Pa
     assert DEMO_TOKENS["busy"] not in log
 
 
+@pytest.mark.anyio
 async def test_serve_stdio_and_python_m_are_the_same_server(sandbox: RunningSandbox, tmp_path: Path) -> None:
     settings = settings_for(sandbox, tmp_path)
     base = stdio_params(settings)
@@ -59,6 +68,7 @@ async def test_serve_stdio_and_python_m_are_the_same_server(sandbox: RunningSand
         read_recorded(tmp_path / "stderr.log")
 
 
+@pytest.mark.anyio
 async def test_a_bad_token_over_stdio_is_an_error_result_and_the_server_keeps_serving(
     sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
@@ -73,6 +83,7 @@ async def test_a_bad_token_over_stdio_is_an_error_result_and_the_server_keeps_se
     assert "sk_live_notatensorfeedtoken" not in read_recorded(tmp_path / "stderr.log")
 
 
+@pytest.mark.anyio
 async def test_the_text_block_is_the_structured_result_as_compact_json(sandbox: RunningSandbox, tmp_path: Path) -> None:
     """Hosts that read the text block get the same facts as structuredContent, without indentation."""
     with (tmp_path / "stderr.log").open("w") as errlog:
@@ -86,3 +97,33 @@ async def test_the_text_block_is_the_structured_result_as_compact_json(sandbox: 
                 assert json.loads(text) == result.structured_content
                 assert text == json.dumps(result.structured_content, separators=(",", ":"), ensure_ascii=False)
     read_recorded(tmp_path / "stderr.log")
+
+
+def test_the_server_exits_0_and_quietly_when_its_client_closes_stdin(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """A client that hangs up (closes stdin) after a call gets a server that ends by itself, exit code 0 and no
+    traceback: the runtime's background tasks (webhook sender, watcher) stop in order."""
+    params = stdio_params(settings_for(sandbox, tmp_path), TENSORFEED_POLL_SECONDS="30")
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "check_spend_alerts", "arguments": {}}},
+    ]
+    with subprocess.Popen(
+        [params.command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(params.env or {})},
+        text=True,
+    ) as server:
+        assert server.stdin is not None and server.stdout is not None and server.stderr is not None
+        server.stdin.write("".join(json.dumps(line) + "\n" for line in lines))
+        server.stdin.flush()
+        answer: dict[str, Any] = {}
+        while answer.get("id") != 2 and (line := server.stdout.readline()):  # until the call's answer or an exit
+            answer = json.loads(line)
+        server.stdin.close()
+        code = server.wait(timeout=30)
+        stderr = server.stderr.read()
+    assert answer["result"]["structuredContent"]["balance"] == sandbox.control.account("busy")["balance"], answer
+    assert (code, "Traceback" in stderr) == (0, False), stderr[-2000:]

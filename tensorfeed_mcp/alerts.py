@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, get_args
+from typing import Literal
 
 from tensorfeed_mcp.errors import InvalidInputError, shown
 from tensorfeed_mcp.models import (
-    AlertKind,
     AlertRule,
     AlertStatus,
     AlertVerdict,
@@ -25,32 +25,23 @@ MAX_NAME_LENGTH = 64
 ENV_PREFIX = "env:"
 
 Unit = Literal["credits", "percent", "hours"]
-UNITS: dict[str, Unit] = {
-    "balance_below": "credits",
-    "daily_spend_above": "credits",
-    "daily_cap_used_pct_above": "percent",
-    "runway_below_hours": "hours",
-    "daily_spend_spike_pct": "percent",
-}
 # Generous ceilings that still catch a typo (an extra zero or three) before it is saved.
 MAX_THRESHOLD: dict[Unit, float] = {"credits": 100_000_000, "percent": 10_000, "hours": 24 * 365 * 10}
-KINDS_HELP = (
-    "balance_below (credits), daily_spend_above (credits), daily_cap_used_pct_above (percent, 1 to 100), "
-    "runway_below_hours (hours), daily_spend_spike_pct (percent above the median day of the last seven)"
-)
 
 
 def make_rule(
     kind: str, threshold: float, name: str | None = None, source: Literal["user", "env"] = "user"
 ) -> AlertRule:
     """Validate a rule request; raise InvalidInputError naming what is wrong and what is accepted."""
-    if kind not in get_args(AlertKind):
+    spec = ALERT_KINDS.get(kind)
+    if spec is None:
         raise InvalidInputError(f"Unknown alert kind {shown(kind)}. Use one of: {KINDS_HELP}.")
-    unit = UNITS[kind]
+    unit = spec.unit
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
         raise InvalidInputError(f"threshold must be a finite number of {unit}, not {threshold!r}.")
-    if kind == "daily_cap_used_pct_above" and not 1 <= threshold <= 100:
-        raise InvalidInputError(f"A percent of the cap must be from 1 to 100, not {threshold:g}.")
+    if spec.bounds is not None and not spec.bounds.low <= threshold <= spec.bounds.high:
+        bounds = spec.bounds
+        raise InvalidInputError(f"{bounds.what} must be from {bounds.low:g} to {bounds.high:g}, not {threshold:g}.")
     if not 0 < threshold <= MAX_THRESHOLD[unit]:
         raise InvalidInputError(
             f"threshold {threshold:g} is out of range for {kind}: give more than 0 and at most "
@@ -188,69 +179,153 @@ def _spike(threshold: float, ledger: LedgerView | None, figures: SpendFigures) -
     )
 
 
+Finding = tuple[float | None, AlertStatus, str, bool]
+"""What a kind's evaluator found: the observed value, the status, the message, and whether it is critical."""
+
+
+def _balance_below(threshold: float, snapshot: AccountSnapshot, figures: SpendFigures) -> Finding:
+    observed = snapshot.balance
+    if observed is None:
+        return None, "unknown", "The balance could not be read.", False
+    triggered = observed < threshold
+    relation = "below" if triggered else "not below"
+    return observed, _status(triggered), f"Balance is {observed:g} credits, {relation} {threshold:g}.", observed <= 0
+
+
+def _daily_spend_above(threshold: float, snapshot: AccountSnapshot, figures: SpendFigures) -> Finding:
+    observed = figures.daily_spent
+    if observed is None:
+        return None, "unknown", "Today's spend could not be read.", False
+    if observed > threshold:
+        message = f"Spent {observed:g} credits today (UTC), above {threshold:g}."
+        return observed, "triggered", message, observed >= 2 * threshold
+    if not figures.daily_spent_complete:
+        message = (
+            f"At least {observed:g} credits spent today; older calls from today have rolled out of the usage "
+            "buffer, so it may be more. Set a daily spend cap to get the service's exact figure."
+        )
+        return observed, "unknown", message, False
+    return observed, "ok", f"Spent {observed:g} credits today (UTC), not above {threshold:g}.", False
+
+
+def _daily_cap_used_pct_above(threshold: float, snapshot: AccountSnapshot, figures: SpendFigures) -> Finding:
+    cap = snapshot.spend_cap
+    if cap is None:
+        return None, "unknown", "The spend cap could not be read.", False
+    if cap.daily_cap is None:
+        return None, "not_applicable", "No daily spend cap is set.", False
+    observed = round(100 * cap.daily_spent / cap.daily_cap, 2)
+    triggered = observed > threshold
+    relation = "above" if triggered else "not above"
+    message = f"{observed:g}% of the {cap.daily_cap} credit daily cap used, {relation} {threshold:g}%."
+    return observed, _status(triggered), message, observed >= 100
+
+
+def _runway_below_hours(threshold: float, snapshot: AccountSnapshot, figures: SpendFigures) -> Finding:
+    observed = figures.runway_hours
+    if snapshot.usage is None or snapshot.balance is None:
+        return observed, "unknown", "Usage or balance could not be read, so the runway is unknown.", False
+    if observed is None:
+        return None, "ok", "Nothing is being spent, so the credits are not running out.", False
+    triggered = observed < threshold
+    relation = "below" if triggered else "not below"
+    message = (
+        f"About {observed:g} hours of credits left at "
+        f"{figures.burn_rate_credits_per_hour:g} credits/hour, {relation} {threshold:g}."
+    )
+    return observed, _status(triggered), message, observed < 1
+
+
+def _daily_spend_spike_pct(threshold: float, snapshot: AccountSnapshot, figures: SpendFigures) -> Finding:
+    observed, status, message = _spike(threshold, snapshot.ledger, figures)
+    return observed, status, message, status == "triggered" and observed is not None and observed >= 2 * threshold
+
+
+def _status(triggered: bool) -> AlertStatus:
+    return "triggered" if triggered else "ok"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A kind's own threshold range, narrower than its unit's, and what its error calls the threshold."""
+
+    what: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class AlertKindSpec:
+    """Everything one alert kind is, declared once: the tool's schema and descriptions, the environment's rules
+    and the README's table follow from (or are checked against) these."""
+
+    name: str
+    unit: Unit
+    unit_help: str  # the unit as help texts and the README show it
+    triggers_when: str  # completes "triggers when …"
+    env_variable: str  # TENSORFEED_ALERT_…: a rule from the environment
+    evaluate: Callable[[float, AccountSnapshot, SpendFigures], Finding]
+    bounds: Bounds | None = None
+
+
+ALERT_KINDS: dict[str, AlertKindSpec] = {
+    spec.name: spec
+    for spec in (
+        AlertKindSpec(
+            "balance_below",
+            "credits",
+            "credits",
+            "the balance is below the threshold",
+            "TENSORFEED_ALERT_BALANCE_BELOW",
+            _balance_below,
+        ),
+        AlertKindSpec(
+            "daily_spend_above",
+            "credits",
+            "credits",
+            "today's spend is above the threshold",
+            "TENSORFEED_ALERT_DAILY_SPEND_ABOVE",
+            _daily_spend_above,
+        ),
+        AlertKindSpec(
+            "daily_cap_used_pct_above",
+            "percent",
+            "percent, 1 to 100",
+            "today's spend is above that share of the cap (`not_applicable` with no cap)",
+            "TENSORFEED_ALERT_DAILY_CAP_PCT_ABOVE",
+            _daily_cap_used_pct_above,
+            Bounds("A percent of the cap", 1, 100),
+        ),
+        AlertKindSpec(
+            "runway_below_hours",
+            "hours",
+            "hours",
+            "balance / burn rate is below the threshold",
+            "TENSORFEED_ALERT_RUNWAY_BELOW_HOURS",
+            _runway_below_hours,
+        ),
+        AlertKindSpec(
+            "daily_spend_spike_pct",
+            "percent",
+            "percent above the median day of the last seven",
+            "today's spend is more than that much above the median of the last seven exact days (`unknown` "
+            "until the ledger has three)",
+            "TENSORFEED_ALERT_DAILY_SPEND_SPIKE_PCT",
+            _daily_spend_spike_pct,
+        ),
+    )
+}
+KINDS_HELP = ", ".join(f"{spec.name} ({spec.unit_help})" for spec in ALERT_KINDS.values())
+TRIGGERS_HELP = "; ".join(f"{spec.name}: {spec.triggers_when}" for spec in ALERT_KINDS.values())
+
+
 def evaluate_rules(rules: list[AlertRule], snapshot: AccountSnapshot, figures: SpendFigures) -> list[AlertVerdict]:
     """One verdict per rule, `since` left empty for the caller to fill from stored state."""
     return [_evaluate(rule, snapshot, figures) for rule in rules]
 
 
 def _evaluate(rule: AlertRule, snapshot: AccountSnapshot, figures: SpendFigures) -> AlertVerdict:
-    limit = f"{rule.threshold:g}"
-    observed: float | None
-    status: AlertStatus
-    critical = False
-    if rule.kind == "balance_below":
-        observed = snapshot.balance
-        if observed is None:
-            status, message = "unknown", "The balance could not be read."
-        else:
-            status = "triggered" if observed < rule.threshold else "ok"
-            critical = observed <= 0
-            relation = "below" if status == "triggered" else "not below"
-            message = f"Balance is {observed:g} credits, {relation} {limit}."
-    elif rule.kind == "daily_spend_above":
-        observed = figures.daily_spent
-        if observed is None:
-            status, message = "unknown", "Today's spend could not be read."
-        elif observed > rule.threshold:
-            status, message = "triggered", f"Spent {observed:g} credits today (UTC), above {limit}."
-            critical = observed >= 2 * rule.threshold
-        elif not figures.daily_spent_complete:
-            status = "unknown"
-            message = (
-                f"At least {observed:g} credits spent today; older calls from today have rolled out of the usage "
-                "buffer, so it may be more. Set a daily spend cap to get the service's exact figure."
-            )
-        else:
-            status, message = "ok", f"Spent {observed:g} credits today (UTC), not above {limit}."
-    elif rule.kind == "daily_cap_used_pct_above":
-        cap = snapshot.spend_cap
-        if cap is None:
-            observed, status, message = None, "unknown", "The spend cap could not be read."
-        elif cap.daily_cap is None:
-            observed, status, message = None, "not_applicable", "No daily spend cap is set."
-        else:
-            observed = round(100 * cap.daily_spent / cap.daily_cap, 2)
-            status = "triggered" if observed > rule.threshold else "ok"
-            critical = observed >= 100
-            relation = "above" if status == "triggered" else "not above"
-            message = f"{observed:g}% of the {cap.daily_cap} credit daily cap used, {relation} {limit}%."
-    elif rule.kind == "daily_spend_spike_pct":
-        observed, status, message = _spike(rule.threshold, snapshot.ledger, figures)
-        critical = status == "triggered" and observed is not None and observed >= 2 * rule.threshold
-    else:
-        observed = figures.runway_hours
-        if snapshot.usage is None or snapshot.balance is None:
-            status, message = "unknown", "Usage or balance could not be read, so the runway is unknown."
-        elif observed is None:
-            status, message = "ok", "Nothing is being spent, so the credits are not running out."
-        else:
-            status = "triggered" if observed < rule.threshold else "ok"
-            critical = observed < 1
-            relation = "below" if status == "triggered" else "not below"
-            message = (
-                f"About {observed:g} hours of credits left at "
-                f"{figures.burn_rate_credits_per_hour:g} credits/hour, {relation} {limit}."
-            )
+    observed, status, message, critical = ALERT_KINDS[rule.kind].evaluate(rule.threshold, snapshot, figures)
     severity: Literal["info", "warning", "critical"] = "info"
     if status == "triggered":
         severity = "critical" if critical else "warning"

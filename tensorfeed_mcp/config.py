@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import SplitResult, urlsplit
 
-from tensorfeed_mcp.alerts import make_rule
+from tensorfeed_mcp.alerts import ALERT_KINDS, make_rule
 from tensorfeed_mcp.errors import ConfigurationError, InvalidInputError, TokenFormatError, TokenMissingError, shown
 from tensorfeed_mcp.models import AlertRule
 
@@ -50,15 +50,6 @@ MAX_LISTEN_STREAM_SECONDS = 24 * 3600.0
 WebhookFormat = Literal["slack", "discord", "json"]
 LogFormat = Literal["text", "json"]
 WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
-
-# Environment variable -> alert kind, for rules that come from the environment.
-ENV_ALERT_RULES: dict[str, str] = {
-    "TENSORFEED_ALERT_BALANCE_BELOW": "balance_below",
-    "TENSORFEED_ALERT_DAILY_SPEND_ABOVE": "daily_spend_above",
-    "TENSORFEED_ALERT_DAILY_CAP_PCT_ABOVE": "daily_cap_used_pct_above",
-    "TENSORFEED_ALERT_RUNWAY_BELOW_HOURS": "runway_below_hours",
-    "TENSORFEED_ALERT_DAILY_SPEND_SPIKE_PCT": "daily_spend_spike_pct",
-}
 
 
 @dataclass(frozen=True)
@@ -277,11 +268,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"{poll_variable}={poll:g} is too frequent; use 0 (off) or at least {MIN_ALERT_POLL_SECONDS:g} seconds."
         )
     rules: list[AlertRule] = []
-    for name, kind in ENV_ALERT_RULES.items():
+    for kind in ALERT_KINDS.values():
+        name = kind.env_variable
         raw = env.get(name, "").strip()
         if raw:
             try:
-                rules.append(make_rule(kind, _decimal(raw), source="env"))
+                rules.append(make_rule(kind.name, _decimal(raw), source="env"))
             except InvalidInputError as exc:
                 raise ConfigurationError(f"{name}={shown(raw, 20)} is not a usable alert threshold: {exc}") from None
     state_dir = env.get("TENSORFEED_MCP_STATE_DIR", "").strip()

@@ -61,7 +61,7 @@ from pydantic_core import PydanticCustomError
 
 from tensorfeed_mcp import __version__
 from tensorfeed_mcp.account import MAX_HISTORY_DAYS, MAX_HOUR_DAYS, AccountService
-from tensorfeed_mcp.alerts import KINDS_HELP, MAX_NAME_LENGTH
+from tensorfeed_mcp.alerts import KINDS_HELP, MAX_NAME_LENGTH, TRIGGERS_HELP
 from tensorfeed_mcp.client import TensorFeedClient, upstream_http_client
 from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, hosted_extra_missing, token_fingerprint
 from tensorfeed_mcp.errors import TensorFeedError, shown
@@ -637,8 +637,7 @@ def build_server(runtime: AccountRuntime) -> MCPServer[AccountRuntime]:
         annotations=LOCAL_WRITE,
         description=(
             "Create a local alert rule, or update the rule with that name; kept on this machine for this token. It "
-            "triggers when the balance falls below, today's spend rises above, the share of the daily cap used "
-            "rises above, or the forecast runway falls below its threshold."
+            f"triggers when, by kind, {TRIGGERS_HELP}."
         ),
     )
     @tool_errors

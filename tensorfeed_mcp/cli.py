@@ -130,7 +130,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         if not secret:
             raise ConfigurationError(f"--auth-token-file {args.auth_token_file} is empty.")
         settings = dataclasses.replace(settings, mcp_auth_token=secret)
-    from tensorfeed_mcp.http_app import HttpTransport, serve_http
+    from tensorfeed_mcp.http_app import serve_http
+    from tensorfeed_mcp.http_edge import HttpTransport
 
     runtime = AccountRuntime(settings)
     http_transport = cast(HttpTransport, transport)

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
 from tensorfeed_mcp.errors import ConfigurationError, StateStoreError
-from tensorfeed_mcp.http_app import MAX_REQUEST_BODY_BYTES, transport_security
+from tensorfeed_mcp.http_edge import MAX_REQUEST_BODY_BYTES, transport_security
 from tensorfeed_mcp.rate_limits import RateLimiter
 from tensorfeed_mcp.server import AccountRuntime
 from tensorfeed_mcp.tenants import Admission

@@ -32,7 +32,8 @@ from test_sandbox import timestamps_in
 from tensorfeed_mcp.alerts import MAX_NAME_LENGTH, make_rule
 from tensorfeed_mcp.config import Settings, token_fingerprint
 from tensorfeed_mcp.errors import shown
-from tensorfeed_mcp.http_app import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS, build_http_app
+from tensorfeed_mcp.http_app import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS
+from tensorfeed_mcp.http_edge import build_http_app
 from tensorfeed_mcp.models import MAX_UPSTREAM_TEXT, is_unsafe_char
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
 from tensorfeed_mcp.server import SUMMARY_URI, AccountRuntime, build_server

@@ -21,7 +21,7 @@ import anyio
 from tensorfeed_mcp.errors import StateStoreError
 from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.models import MAX_QUEUED_MESSAGES, AlertRule, AlertStatus
-from tensorfeed_mcp.store import (
+from tensorfeed_mcp.store.base import (
     MAX_SAVED_RULES,
     OUTBOX_LEASE_SECONDS,
     ChangeListener,

@@ -276,9 +276,7 @@ class AccountRuntime:
             webhooks.send_in_background(group)
             if settings.multi_tenant:
                 http = await stack.enter_async_context(upstream_http_client(settings))
-                self._tenants = TenantAccounts(
-                    settings, http, store, webhooks, self.telemetry, settings.new_tokens_per_minute
-                )
+                self._tenants = TenantAccounts(settings, http, store, webhooks, self.telemetry)
             else:
                 client = await stack.enter_async_context(TensorFeedClient(settings, telemetry=self.telemetry))
                 self._service = AccountService(settings, client, store, webhooks)

@@ -83,7 +83,6 @@ class TenantAccounts:
         store: Store,
         webhooks: WebhookSender,
         telemetry: Telemetry,
-        new_per_minute: int,
     ) -> None:
         self._settings = settings
         self._http = http
@@ -95,7 +94,7 @@ class TenantAccounts:
         self._refused_until: OrderedDict[str, float] = OrderedDict()
         self._checks: dict[str, anyio.Event] = {}
         self._check_slots = anyio.Semaphore(MAX_CHECKS_IN_FLIGHT)
-        self._new_tokens = RateLimiter(new_per_minute)
+        self._new_tokens = RateLimiter(settings.new_tokens_per_minute)
 
     async def admit(self, token: str) -> Admission:
         """Whether the service knows `token` (well formed): from memory, or by one balance read, which then also

@@ -185,19 +185,23 @@ class WebhookSender:
 
     async def _keep_sending(self, fingerprint: str) -> None:
         """Send the token's queue; after a failure worth retrying, wait (RETRY_SECONDS, doubling up to
-        MAX_RETRY_SECONDS, or until the next check wakes it) and send again, until nothing is left."""
+        MAX_RETRY_SECONDS, or until the next check wakes it) and send again, until nothing is left and no check
+        woke it meanwhile (a message queued while this round finished is not left behind)."""
         wait = RETRY_SECONDS
         try:
             while True:
+                woken = self._woken[fingerprint] = anyio.Event()  # a check during this round asks for another
                 try:
-                    if await self._send_queue(fingerprint, "the server stopped before the receiver answered"):
-                        return
+                    sent_all = await self._send_queue(fingerprint, "the server stopped before the receiver answered")
                 except StateStoreError as exc:
                     logger.warning("Alert webhook: the queue could not be read: %s", exc)
-                with anyio.move_on_after(wait):
-                    await self._woken[fingerprint].wait()
-                self._woken[fingerprint] = anyio.Event()
-                wait = min(2 * wait, MAX_RETRY_SECONDS)
+                    sent_all = False
+                if sent_all and not woken.is_set():
+                    return
+                if not sent_all:
+                    with anyio.move_on_after(wait):
+                        await woken.wait()
+                    wait = min(2 * wait, MAX_RETRY_SECONDS)
         finally:
             del self._woken[fingerprint]
 

@@ -90,24 +90,26 @@ def test_bad_settings_are_named_at_start(tmp_path: Path, name: str, value: str, 
 DECIMAL_RANGE = "give a number from {} to {} (digits, with at most one decimal point)"
 WHOLE_RANGE = "give a whole number from {} to {} (digits only)"
 ALERT_FORMAT = "give a number in digits, with at most one decimal point"
+
+
+def ranged(template: str, low: object, high: int) -> tuple[str, str, str]:
+    """A setting whose refusals, of form and of size alike, give its range."""
+    refusal = template.format(low, f"{high:,}")
+    return str(high), refusal, refusal
+
+
 NUMERIC_SETTINGS: dict[str, tuple[str, str, str]] = {
     # variable: (the largest value accepted, what a refusal of its form says, what a refusal of its size says)
-    "TENSORFEED_TIMEOUT_SECONDS": ("120", DECIMAL_RANGE.format("0.1", "120"), DECIMAL_RANGE.format("0.1", "120")),
-    "TENSORFEED_CACHE_SECONDS": ("3600", DECIMAL_RANGE.format(0, "3,600"), DECIMAL_RANGE.format(0, "3,600")),
-    "TENSORFEED_POLL_SECONDS": ("86400", DECIMAL_RANGE.format(0, "86,400"), DECIMAL_RANGE.format(0, "86,400")),
-    "TENSORFEED_ALERT_POLL_SECONDS": ("86400", DECIMAL_RANGE.format(0, "86,400"), DECIMAL_RANGE.format(0, "86,400")),
-    "TENSORFEED_MCP_SESSION_IDLE_SECONDS": (
-        "86400",
-        DECIMAL_RANGE.format(10, "86,400"),
-        DECIMAL_RANGE.format(10, "86,400"),
-    ),
-    "TENSORFEED_MCP_MAX_SESSIONS": ("1000", WHOLE_RANGE.format(1, "1,000"), WHOLE_RANGE.format(1, "1,000")),
-    "TENSORFEED_LEDGER_CALL_DAYS": ("3650", WHOLE_RANGE.format(7, "3,650"), WHOLE_RANGE.format(7, "3,650")),
-    "TENSORFEED_MCP_TENANT_CALLS_PER_MINUTE": (
-        "10000",
-        WHOLE_RANGE.format(1, "10,000"),
-        WHOLE_RANGE.format(1, "10,000"),
-    ),
+    "TENSORFEED_TIMEOUT_SECONDS": ranged(DECIMAL_RANGE, "0.1", 120),
+    "TENSORFEED_CACHE_SECONDS": ranged(DECIMAL_RANGE, 0, 3600),
+    "TENSORFEED_POLL_SECONDS": ranged(DECIMAL_RANGE, 0, 86400),
+    "TENSORFEED_ALERT_POLL_SECONDS": ranged(DECIMAL_RANGE, 0, 86400),
+    "TENSORFEED_MCP_SESSION_IDLE_SECONDS": ranged(DECIMAL_RANGE, 10, 86400),
+    "TENSORFEED_MCP_LISTEN_STREAM_SECONDS": ranged(DECIMAL_RANGE, 1, 86400),
+    "TENSORFEED_MCP_MAX_SESSIONS": ranged(WHOLE_RANGE, 1, 1000),
+    "TENSORFEED_LEDGER_CALL_DAYS": ranged(WHOLE_RANGE, 7, 3650),
+    "TENSORFEED_MCP_TENANT_CALLS_PER_MINUTE": ranged(WHOLE_RANGE, 1, 10000),
+    "TENSORFEED_MCP_NEW_TOKENS_PER_MINUTE": ranged(WHOLE_RANGE, 1, 10000),
     "TENSORFEED_ALERT_BALANCE_BELOW": ("100000000", ALERT_FORMAT, "at most 100,000,000 credits"),
     "TENSORFEED_ALERT_DAILY_SPEND_ABOVE": ("100000000", ALERT_FORMAT, "at most 100,000,000 credits"),
     "TENSORFEED_ALERT_DAILY_CAP_PCT_ABOVE": ("100", ALERT_FORMAT, "from 1 to 100"),

@@ -112,7 +112,7 @@ def import_profile() -> dict[str, Any]:
         return times
 
     sdk = self_times("import mcp.server")
-    ours = self_times("import tensorfeed_mcp.cli, tensorfeed_mcp.server")
+    ours = self_times("import tensorfeed_mcp.cli, tensorfeed_mcp.surface.server")
     added = sorted(((us, name) for name, us in ours.items() if name not in sdk), reverse=True)
     return {
         "sdk_total_ms": sum(sdk.values()) / 1000,

@@ -30,8 +30,8 @@ from tensorfeed_mcp.ledger import (
     to_ms,
     trailing_median,
 )
+from tensorfeed_mcp.limits import DEFAULT_RECENT_LIMIT, MAX_HISTORY_DAYS, MAX_HOUR_DAYS
 from tensorfeed_mcp.models import (
-    DEFAULT_RECENT_LIMIT,
     AccountBalance,
     AccountUsage,
     AlertCheck,
@@ -56,8 +56,6 @@ from tensorfeed_mcp.webhooks import WebhookSender, alert_message
 
 logger = logging.getLogger(__name__)
 
-MAX_HISTORY_DAYS = 90
-MAX_HOUR_DAYS = 7
 USD_PER_CREDIT = 0.02  # the base rate, 50 credits per dollar; volume purchases get more credits per dollar
 
 

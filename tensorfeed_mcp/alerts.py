@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from tensorfeed_mcp.errors import InvalidInputError, shown
+from tensorfeed_mcp.limits import MAX_NAME_LENGTH, SERVICE_CALL_MEMORY
 from tensorfeed_mcp.models import (
     AlertRule,
     AlertStatus,
@@ -18,10 +19,8 @@ from tensorfeed_mcp.models import (
     is_unsafe_char,
 )
 
-RING_BUFFER_SIZE = 100
 LOOKBACK_HOURS = 24.0
 MIN_SPAN_HOURS = 1.0
-MAX_NAME_LENGTH = 64
 ENV_PREFIX = "env:"
 
 Unit = Literal["credits", "percent", "hours"]
@@ -110,7 +109,7 @@ def daily_spend(snapshot: AccountSnapshot) -> tuple[int | None, Literal["service
         return None, "usage_buffer", False
     today = snapshot.now.date()
     spent = sum(entry.credits for entry in usage.recent if entry.at.date() == today)
-    sees_every_call = len(usage.recent) >= usage.total_calls and usage.total_calls < RING_BUFFER_SIZE
+    sees_every_call = len(usage.recent) >= usage.total_calls and usage.total_calls < SERVICE_CALL_MEMORY
     oldest_seen_before_today = bool(usage.recent) and min(entry.at for entry in usage.recent).date() < today
     return spent, "usage_buffer", sees_every_call or oldest_seen_before_today
 

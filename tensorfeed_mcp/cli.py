@@ -112,15 +112,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from tensorfeed_mcp.server import AccountRuntime, build_server, serve_stdio
-
+    """Choose the mode's runtime and transport, once, and serve until stopped."""
     transport = getattr(args, "transport", "stdio")
     if settings.multi_tenant:
-        from tensorfeed_mcp.hosted import check_hosted_settings
+        from tensorfeed_mcp.runtime.hosted import HostedRuntime
+        from tensorfeed_mcp.transports.hosted_http import check_hosted_settings, serve_hosted
 
         check_hosted_settings(settings, transport)
+        anyio.run(serve_hosted, HostedRuntime(settings), args.host, args.port, args.allow_host)
+        return EXIT_OK
+    from tensorfeed_mcp.runtime.local import LocalRuntime
+
     if transport == "stdio":
-        anyio.run(serve_stdio, build_server(AccountRuntime(settings)))
+        from tensorfeed_mcp.transports.stdio import serve_stdio
+
+        anyio.run(serve_stdio, LocalRuntime(settings).server())
         return EXIT_OK
     if args.auth_token_file is not None:
         try:
@@ -130,12 +136,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         if not secret:
             raise ConfigurationError(f"--auth-token-file {args.auth_token_file} is empty.")
         settings = dataclasses.replace(settings, mcp_auth_token=secret)
-    from tensorfeed_mcp.http_app import serve_http
-    from tensorfeed_mcp.http_edge import HttpTransport
+    from tensorfeed_mcp.transports.local_http import HttpTransport, serve_http
 
-    runtime = AccountRuntime(settings)
-    http_transport = cast(HttpTransport, transport)
-    anyio.run(serve_http, runtime, build_server(runtime), http_transport, args.host, args.port, args.allow_host)
+    anyio.run(serve_http, LocalRuntime(settings), cast(HttpTransport, transport), args.host, args.port, args.allow_host)
     return EXIT_OK
 
 

@@ -38,6 +38,7 @@ from tensorfeed_mcp.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from tensorfeed_mcp.limits import MAX_DAILY_CAP
 from tensorfeed_mcp.models import (
     BalancePayload,
     HistoryPayload,
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_ATTEMPTS = 4
 BACKOFF_BASE_SECONDS = 0.25
-MAX_SPEND_CAP = 1_000_000
 CLOCK_TOLERANCE = timedelta(minutes=5)
 """How far ahead of this machine's clock the service's Date may be and still be believed."""
 EARLIEST_SERVICE_TIME = datetime(2020, 1, 1, tzinfo=UTC)
@@ -97,7 +97,7 @@ def validate_spend_cap(daily_cap: object) -> int:
     accepted = "Give a whole number of credits from 1 to 1,000,000; to remove the cap, use clear_spend_cap."
     if isinstance(daily_cap, bool) or not isinstance(daily_cap, int):
         raise InvalidInputError(f"daily_cap must be a whole number of credits. {accepted}")
-    if not 1 <= daily_cap <= MAX_SPEND_CAP:
+    if not 1 <= daily_cap <= MAX_DAILY_CAP:
         raise InvalidInputError(f"daily_cap {daily_cap} is out of range. {accepted}")
     return daily_cap
 

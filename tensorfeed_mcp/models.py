@@ -8,13 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-MAX_UPSTREAM_TEXT = 200
-MAX_UPSTREAM_ENDPOINTS = 1000
-MAX_UPSTREAM_CALLS = 100
-MAX_UPSTREAM_PURCHASES = 1000
-DEFAULT_RECENT_LIMIT = 5
-MAX_RECENT_LIMIT = 25  # the service lists at most 25 recent calls
-MAX_QUEUED_MESSAGES = 50  # webhook messages kept per token; beyond it the oldest are dropped (and counted)
+from tensorfeed_mcp.limits import (
+    MAX_QUEUED_MESSAGES,
+    MAX_UPSTREAM_ENDPOINTS,
+    MAX_UPSTREAM_PURCHASES,
+    MAX_UPSTREAM_TEXT,
+    SERVICE_CALL_MEMORY,
+)
+
 # Controls, format characters (bidi overrides, zero-width, tags) and line/paragraph separators: characters that
 # can make text read differently than it is, or carry hidden instructions.
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -100,7 +101,7 @@ class UsagePayload(UpstreamModel):
     @model_validator(mode="before")
     @classmethod
     def _bound(cls, data: Any) -> Any:
-        return _cut_lists(data, {"by_endpoint": MAX_UPSTREAM_ENDPOINTS, "recent": MAX_UPSTREAM_CALLS})
+        return _cut_lists(data, {"by_endpoint": MAX_UPSTREAM_ENDPOINTS, "recent": SERVICE_CALL_MEMORY})
 
 
 class PurchasePayload(UpstreamModel):

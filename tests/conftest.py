@@ -24,8 +24,8 @@ from mcp.types import CallToolResult
 from postgres import PostgresServer, running_postgres
 
 from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.runtime.local import LocalRuntime
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, running_sandbox
-from tensorfeed_mcp.server import AccountRuntime, build_server
 
 CAPTURED: list[str] = []
 WATCHED_TOKENS: list[str] = list(DEMO_TOKENS.values())
@@ -141,7 +141,7 @@ def stdio_params(settings: Settings, **extra_env: str) -> StdioServerParameters:
 @asynccontextmanager
 async def in_memory(settings: Settings, mode: str = "auto", **options: Any) -> AsyncIterator[Client]:
     """A Client connected in memory to a server built from `settings`; `options` go to the Client."""
-    async with Client(build_server(AccountRuntime(settings)), mode=mode, **options) as client:
+    async with Client(LocalRuntime(settings).server(), mode=mode, **options) as client:
         yield client
 
 

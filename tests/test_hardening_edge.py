@@ -29,16 +29,17 @@ from mcp.types import LoggingMessageNotificationParams
 from test_http import INITIALIZE, MCP_HEADERS, clean_env, serving
 from test_sandbox import timestamps_in
 
-from tensorfeed_mcp.alerts import MAX_NAME_LENGTH, make_rule
+from tensorfeed_mcp.alerts import make_rule
 from tensorfeed_mcp.config import Settings, token_fingerprint
 from tensorfeed_mcp.errors import shown
-from tensorfeed_mcp.http_app import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS
-from tensorfeed_mcp.http_edge import build_http_app
-from tensorfeed_mcp.models import MAX_UPSTREAM_TEXT, is_unsafe_char
+from tensorfeed_mcp.limits import MAX_NAME_LENGTH, MAX_SAVED_RULES, MAX_UPSTREAM_TEXT
+from tensorfeed_mcp.models import is_unsafe_char
+from tensorfeed_mcp.runtime.local import LocalRuntime
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
-from tensorfeed_mcp.server import SUMMARY_URI, AccountRuntime, build_server
-from tensorfeed_mcp.store import MAX_SAVED_RULES
 from tensorfeed_mcp.store.sqlite import SqliteStore
+from tensorfeed_mcp.surface.subscriptions import SUMMARY_URI
+from tensorfeed_mcp.transports.listener import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS
+from tensorfeed_mcp.transports.local_http import build_http_app
 
 pytestmark = [
     pytest.mark.anyio,
@@ -233,9 +234,9 @@ async def test_slow_header_connections_give_way_to_a_real_client_and_are_all_clo
 
 
 @contextmanager
-def http_app_in_thread(runtime: AccountRuntime) -> Iterator[str]:
+def http_app_in_thread(runtime: LocalRuntime) -> Iterator[str]:
     """Serve build_http_app's streamable-HTTP app with uvicorn in a thread; yields its MCP URL."""
-    app = build_http_app(build_server(runtime), "streamable-http", "127.0.0.1", runtime.settings)
+    app = build_http_app(runtime.server(), "streamable-http", "127.0.0.1", runtime.settings)
     sock = socket.create_server(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -252,18 +253,18 @@ async def test_legacy_subscriptions_are_released_when_their_session_closes(
     sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     """Each legacy session that subscribed is counted until its HTTP session ends, then forgotten."""
-    runtime = AccountRuntime(settings_for(sandbox, tmp_path))
+    runtime = LocalRuntime(settings_for(sandbox, tmp_path))
     with http_app_in_thread(runtime) as url:
         async with AsyncExitStack() as both:
             for _ in range(2):
                 client = await both.enter_async_context(Client(url, mode="legacy"))
                 await client.subscribe_resource(SUMMARY_URI)
-            assert runtime.legacy_subscriber_count() == 2
+            assert runtime.subscriptions.legacy_subscriber_count() == 2
             async with Client(url, mode="legacy") as third:
                 await third.subscribe_resource(SUMMARY_URI)
-                assert runtime.legacy_subscriber_count() == 3
-            await eventually(lambda: runtime.legacy_subscriber_count() == 2, within=MARGIN_SECONDS)
-        await eventually(lambda: runtime.legacy_subscriber_count() == 0, within=MARGIN_SECONDS)
+                assert runtime.subscriptions.legacy_subscriber_count() == 3
+            await eventually(lambda: runtime.subscriptions.legacy_subscriber_count() == 2, within=MARGIN_SECONDS)
+        await eventually(lambda: runtime.subscriptions.legacy_subscriber_count() == 0, within=MARGIN_SECONDS)
 
 
 async def test_a_session_beyond_the_limit_is_refused_and_the_open_ones_keep_working(

@@ -210,7 +210,7 @@ class WatcherLog(logging.Handler):
 @contextmanager
 def watcher_log() -> Iterator[WatcherLog]:
     handler = WatcherLog()
-    server_logger = logging.getLogger("tensorfeed_mcp.server")
+    server_logger = logging.getLogger("tensorfeed_mcp.runtime.local")
     server_logger.addHandler(handler)
     try:
         yield handler

@@ -44,10 +44,10 @@ from replicas import (
 )
 
 from tensorfeed_mcp.config import token_fingerprint
-from tensorfeed_mcp.http_app import DRAIN_NOTICE_SECONDS
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, sandbox_token
-from tensorfeed_mcp.server import MAX_STREAMS_PER_TENANT
 from tensorfeed_mcp.store.postgres import SCHEMA_VERSION
+from tensorfeed_mcp.surface.subscriptions import MAX_STREAMS_PER_TENANT
+from tensorfeed_mcp.transports.hosted_http import DRAIN_NOTICE_SECONDS
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ from mcp.shared.exceptions import MCPError
 from replicas import ServerProcess, replica_env, running_proxy, running_replicas, tenant_client
 
 from tensorfeed_mcp.sandbox import RunningSandbox, sandbox_token
-from tensorfeed_mcp.server import MAX_LISTEN_STREAMS, MAX_STREAMS_PER_TENANT
+from tensorfeed_mcp.surface.subscriptions import MAX_LISTEN_STREAMS, MAX_STREAMS_PER_TENANT
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,8 @@ from postgres import PostgresServer
 from tensorfeed_mcp.alerts import make_rule
 from tensorfeed_mcp.errors import InvalidInputError, StateStoreError
 from tensorfeed_mcp.ledger import Reading, SeenCall, SeenPurchase
-from tensorfeed_mcp.models import MAX_QUEUED_MESSAGES, AlertStatus
+from tensorfeed_mcp.limits import MAX_QUEUED_MESSAGES
+from tensorfeed_mcp.models import AlertStatus
 from tensorfeed_mcp.store import OUTBOX_LEASE_SECONDS, AlertEvent, Store
 from tensorfeed_mcp.store.postgres import SCHEMA_VERSION, STATEMENT_TIMEOUT_MS, TOKEN_LOCK_CLASS, PostgresStore
 from tensorfeed_mcp.store.sqlite import SqliteStore

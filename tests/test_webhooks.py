@@ -45,7 +45,7 @@ from replicas import replica_env, running_replicas, tenant_client
 from test_cli import EXIT_CANNOT_RUN, EXIT_OK, EXIT_TRIGGERED, run
 
 from tensorfeed_mcp.config import mask_token
-from tensorfeed_mcp.models import MAX_QUEUED_MESSAGES
+from tensorfeed_mcp.limits import MAX_QUEUED_MESSAGES
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, SandboxControl, sandbox_token
 
 HOOK_KEY = secrets.token_hex(12)

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 
 from tensorfeed_mcp.config import Settings, hosted_extra_missing
 from tensorfeed_mcp.store.base import (
-    MAX_SAVED_RULES,
     OUTBOX_LEASE_SECONDS,
     STATE_FILE_NAME,
     AlertEvent,
@@ -25,7 +24,6 @@ from tensorfeed_mcp.store.base import (
 )
 
 __all__ = [
-    "MAX_SAVED_RULES",
     "OUTBOX_LEASE_SECONDS",
     "STATE_FILE_NAME",
     "AlertEvent",

@@ -10,9 +10,9 @@ from typing import Literal, NamedTuple, Protocol
 
 from tensorfeed_mcp.errors import InvalidInputError
 from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
+from tensorfeed_mcp.limits import MAX_SAVED_RULES
 from tensorfeed_mcp.models import AlertRule, AlertStatus
 
-MAX_SAVED_RULES = 100
 OUTBOX_LEASE_SECONDS = 60.0  # longer than one delivery's attempts take, so only a crashed sender's lease runs out
 STATE_FILE_NAME = "alerts.sqlite3"
 

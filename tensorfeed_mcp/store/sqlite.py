@@ -20,9 +20,9 @@ import anyio
 
 from tensorfeed_mcp.errors import StateStoreError
 from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
-from tensorfeed_mcp.models import MAX_QUEUED_MESSAGES, AlertRule, AlertStatus
+from tensorfeed_mcp.limits import MAX_QUEUED_MESSAGES, MAX_SAVED_RULES
+from tensorfeed_mcp.models import AlertRule, AlertStatus
 from tensorfeed_mcp.store.base import (
-    MAX_SAVED_RULES,
     OUTBOX_LEASE_SECONDS,
     ChangeListener,
     Compose,

@@ -1,24 +1,22 @@
-"""The single-token HTTP edge (streamable HTTP at /mcp, legacy SSE at /sse), and what the hosted edge shares with
-it: the request-size limit, Host and Origin checks against DNS rebinding, the rule on where it may listen, and the
-bearer-secret gate."""
+"""The single-user HTTP edge: streamable HTTP at /mcp or legacy SSE at /sse, the rule on where it may listen, and
+the bearer-secret gate."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from mcp.server import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tensorfeed_mcp.config import Settings, is_loopback
 from tensorfeed_mcp.errors import ConfigurationError
-from tensorfeed_mcp.server import AccountRuntime
+from tensorfeed_mcp.runtime.local import LocalRuntime
+from tensorfeed_mcp.transports.listener import MAX_REQUEST_BODY_BYTES, serve_app, transport_security
 
 HttpTransport = Literal["streamable-http", "sse"]
-MAX_REQUEST_BODY_BYTES = 256 * 1024  # MCP requests to this server are small; refuse anything bigger early
 
 
 def check_bind(host: str, auth_secret: str | None) -> None:
@@ -29,21 +27,6 @@ def check_bind(host: str, auth_secret: str | None) -> None:
             "anyone who can reach it could read this account and change its spend cap. Set "
             "TENSORFEED_MCP_AUTH_TOKEN (or pass --auth-token-file), or bind to 127.0.0.1."
         )
-
-
-def transport_security(host: str, extra_hosts: Sequence[str]) -> TransportSecuritySettings:
-    """DNS-rebinding protection: only these Host names (any port), and only Origins of the same names."""
-    names = ["127.0.0.1", "localhost", "[::1]"]
-    if not is_loopback(host) and host not in ("0.0.0.0", "::"):
-        names.append(f"[{host}]" if ":" in host else host)
-    names.extend(extra_hosts)
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[pattern for name in names for pattern in (name, f"{name}:*")],
-        allowed_origins=[
-            f"{scheme}://{pattern}" for name in names for scheme in ("http", "https") for pattern in (name, f"{name}:*")
-        ],
-    )
 
 
 class BearerAuth:
@@ -71,7 +54,7 @@ class BearerAuth:
 
 
 def build_http_app(
-    server: MCPServer[AccountRuntime],
+    server: MCPServer[Any],
     transport: HttpTransport,
     host: str,
     settings: Settings,
@@ -91,3 +74,26 @@ def build_http_app(
         )
     auth_secret = settings.mcp_auth_token
     return BearerAuth(app, auth_secret) if auth_secret else app
+
+
+SHUTDOWN_GRACE_SECONDS = 3
+
+
+async def serve_http(
+    runtime: LocalRuntime, transport: HttpTransport, host: str, port: int, extra_hosts: Sequence[str] = ()
+) -> None:
+    """Listen until SIGINT or SIGTERM; the store and the account client are opened once for the process."""
+    settings = runtime.settings
+    check_bind(host, settings.mcp_auth_token)
+    app = build_http_app(runtime.server(), transport, host, settings, extra_hosts)
+    async with runtime.open():
+        await serve_app(
+            app,
+            settings,
+            runtime.subscriptions.end_listen_streams,
+            notice_seconds=0.0,
+            grace_seconds=SHUTDOWN_GRACE_SECONDS,
+            host=host,
+            port=port,
+            path="/sse" if transport == "sse" else "/mcp",
+        )

@@ -15,12 +15,10 @@ from typing import Literal
 
 import anyio
 import httpx2
-from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.auth.provider import AccessToken
 
 from tensorfeed_mcp.account import AccountService
 from tensorfeed_mcp.client import TensorFeedClient
-from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
+from tensorfeed_mcp.config import Settings, token_fingerprint
 from tensorfeed_mcp.errors import TokenNotRecognisedError, TokenRequiredError, UpstreamError
 from tensorfeed_mcp.rate_limits import RateLimiter
 from tensorfeed_mcp.store import Store
@@ -48,28 +46,6 @@ class Admission:
 
 
 KNOWN = Admission("known")
-
-
-class TensorFeedTokenVerifier:
-    """The SDK's TokenVerifier for TensorFeed tokens: the format only. The tenant gate in front of the SDK has
-    already refused every token the service has not accepted."""
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        if not TOKEN_PATTERN.fullmatch(token):
-            return None
-        return AccessToken(token=token, client_id=token_fingerprint(token), scopes=[])
-
-
-def current_tenant() -> str | None:
-    """The fingerprint of the token this HTTP request was authenticated with; None outside hosted requests."""
-    access = get_access_token()
-    return None if access is None else access.client_id
-
-
-def request_token() -> str | None:
-    """The token this HTTP request was authenticated with; None outside hosted requests."""
-    access = get_access_token()
-    return None if access is None else access.token
 
 
 class TenantAccounts:

@@ -1,11 +1,11 @@
-"""The HTTP listener for both edges (http_edge: one token; hosted: tenants): uvicorn with bounded connections and
-header time-outs, and a drain on SIGTERM."""
+"""The HTTP listener both edges share (local_http: one token; hosted_http: tenants): uvicorn with bounded
+connections and header time-outs, a drain on SIGTERM, the request-size limit and the Host and Origin checks
+against DNS rebinding."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import socket
 import sys
 import time
@@ -13,21 +13,33 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 import uvicorn
-from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from tensorfeed_mcp.config import redact_logs
-from tensorfeed_mcp.hosted import build_hosted_app
-from tensorfeed_mcp.http_edge import HttpTransport, build_http_app, check_bind
+from tensorfeed_mcp.config import Settings, is_loopback, redact_logs
 from tensorfeed_mcp.logs import uvicorn_log_config
-from tensorfeed_mcp.server import AccountRuntime
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 3
-DRAIN_NOTICE_SECONDS = 3.0  # hosted: how long readiness fails, the listener still answering, before it closes
 HEADER_TIMEOUT_SECONDS = 10
 MAX_CONNECTIONS = 100  # far below the usual 1,024 open files, so a flood cannot exhaust descriptors
+MAX_REQUEST_BODY_BYTES = 256 * 1024  # MCP requests to this server are small; refuse anything bigger early
+
+
+def transport_security(host: str, extra_hosts: Sequence[str]) -> TransportSecuritySettings:
+    """DNS-rebinding protection: only these Host names (any port), and only Origins of the same names."""
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    if not is_loopback(host) and host not in ("0.0.0.0", "::"):
+        names.append(f"[{host}]" if ":" in host else host)
+    names.extend(extra_hosts)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[pattern for name in names for pattern in (name, f"{name}:*")],
+        allowed_origins=[
+            f"{scheme}://{pattern}" for name in names for scheme in ("http", "https") for pattern in (name, f"{name}:*")
+        ],
+    )
 
 
 class BoundedH11Protocol(H11Protocol):
@@ -123,28 +135,19 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-async def serve_http(
-    runtime: AccountRuntime,
-    server: MCPServer[AccountRuntime],
-    transport: HttpTransport,
+async def serve_app(
+    app: ASGIApp,
+    settings: Settings,
+    on_exit: Callable[[], None],
+    *,
+    notice_seconds: float,
+    grace_seconds: int,
     host: str,
     port: int,
-    extra_hosts: Sequence[str] = (),
+    path: str,
+    label: str = "",
 ) -> None:
-    """Listen until SIGINT or SIGTERM; the store and account clients are opened once for the process."""
-    settings = runtime.settings
-    on_exit = runtime.end_listen_streams
-    notice = 0.0
-    if settings.multi_tenant:
-        app, operations = build_hosted_app(runtime, server, host, extra_hosts)
-        on_exit = operations.start_draining
-        notice = DRAIN_NOTICE_SECONDS
-        # In-flight calls may take up to the upstream deadline; the drain waits for them.
-        grace = math.ceil(settings.deadline_seconds) + 1
-    else:
-        check_bind(host, settings.mcp_auth_token)
-        app = build_http_app(server, transport, host, settings, extra_hosts)
-        grace = SHUTDOWN_GRACE_SECONDS
+    """Listen with `app` until SIGINT or SIGTERM, then call `on_exit` and drain (see DrainingServer)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -153,18 +156,15 @@ async def serve_http(
     sock.bind((host, port))
     sock.listen(128)
     bound_port = sock.getsockname()[1]
-    path = "/sse" if transport == "sse" else "/mcp"
     shown_host = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(
         app,
         http=BoundedH11Protocol,
         log_level="info",
         log_config=uvicorn_log_config(settings.log_format) or uvicorn.config.LOGGING_CONFIG,
-        timeout_graceful_shutdown=grace,
+        timeout_graceful_shutdown=grace_seconds,
         server_header=False,
     )
     redact_logs(settings)  # again: uvicorn has just installed handlers of its own
-    async with runtime.open():
-        mode = " (multi-tenant)" if settings.multi_tenant else ""
-        print(f"tensorfeed-mcp listening on http://{shown_host}:{bound_port}{path}{mode}", file=sys.stderr, flush=True)
-        await DrainingServer(config, on_exit, notice).serve(sockets=[sock])
+    print(f"tensorfeed-mcp listening on http://{shown_host}:{bound_port}{path}{label}", file=sys.stderr, flush=True)
+    await DrainingServer(config, on_exit, notice_seconds).serve(sockets=[sock])

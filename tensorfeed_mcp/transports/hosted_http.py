@@ -6,18 +6,18 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 
-from mcp.server import MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
 from tensorfeed_mcp.errors import ConfigurationError, StateStoreError
-from tensorfeed_mcp.http_edge import MAX_REQUEST_BODY_BYTES, transport_security
 from tensorfeed_mcp.rate_limits import RateLimiter
-from tensorfeed_mcp.server import AccountRuntime
-from tensorfeed_mcp.tenants import Admission
+from tensorfeed_mcp.runtime.hosted import HostedRuntime
+from tensorfeed_mcp.runtime.tenants import Admission
+from tensorfeed_mcp.transports.listener import MAX_REQUEST_BODY_BYTES, serve_app, transport_security
 
+DRAIN_NOTICE_SECONDS = 3.0  # how long readiness fails, the listener still answering, before it closes
 EXPECTED_BEARER = "'Authorization: Bearer tf_live_...' (tf_live_ followed by 64 hex characters)"
 
 
@@ -132,7 +132,7 @@ class Operations:
     """/healthz (the process answers), /readyz (the store is reachable and migrated, and the process is not
     draining) and /metrics (Prometheus text). None of them needs or reads a token."""
 
-    def __init__(self, runtime: AccountRuntime, exposition: Callable[[], bytes], content_type: str) -> None:
+    def __init__(self, runtime: HostedRuntime, exposition: Callable[[], bytes], content_type: str) -> None:
         self._runtime = runtime
         self._exposition = exposition
         self._content_type = content_type
@@ -141,7 +141,7 @@ class Operations:
     def start_draining(self) -> None:
         """Fail readiness from now on, and end the listen streams (their clients listen again on another replica)."""
         self.draining = True
-        self._runtime.end_listen_streams()
+        self._runtime.subscriptions.end_listen_streams()
 
     async def healthz(self, _request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -162,14 +162,11 @@ class Operations:
         return Response(self._exposition(), media_type=self._content_type)
 
 
-def build_hosted_app(
-    runtime: AccountRuntime, server: MCPServer[AccountRuntime], host: str, extra_hosts: Sequence[str]
-) -> tuple[ASGIApp, Operations]:
+def build_hosted_app(runtime: HostedRuntime, host: str, extra_hosts: Sequence[str]) -> tuple[ASGIApp, Operations]:
     """The multi-tenant app: stateless streamable HTTP at /mcp behind the tenant gate, and the operations routes."""
     metrics = runtime.metrics
-    if metrics is None:
-        raise RuntimeError("The hosted app needs a runtime opened with multi_tenant settings.")
     operations = Operations(runtime, metrics.exposition, metrics.content_type)
+    server = runtime.server()
     server.custom_route("/healthz", methods=["GET"])(operations.healthz)
     server.custom_route("/readyz", methods=["GET"])(operations.readyz)
     server.custom_route("/metrics", methods=["GET"])(operations.metrics)
@@ -181,3 +178,21 @@ def build_hosted_app(
     )
     limiter = RateLimiter(runtime.settings.tenant_calls_per_minute)
     return TenantGate(app, runtime.admit, limiter, metrics.rate_limited.inc), operations
+
+
+async def serve_hosted(runtime: HostedRuntime, host: str, port: int, extra_hosts: Sequence[str] = ()) -> None:
+    """Listen until SIGINT or SIGTERM, then drain: readiness fails for DRAIN_NOTICE_SECONDS before the listener
+    closes, and calls in flight (up to the upstream deadline) finish."""
+    app, operations = build_hosted_app(runtime, host, extra_hosts)
+    async with runtime.open():
+        await serve_app(
+            app,
+            runtime.settings,
+            operations.start_draining,
+            notice_seconds=DRAIN_NOTICE_SECONDS,
+            grace_seconds=math.ceil(runtime.settings.deadline_seconds) + 1,
+            host=host,
+            port=port,
+            path="/mcp",
+            label=" (multi-tenant)",
+        )

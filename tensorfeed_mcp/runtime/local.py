@@ -1,0 +1,60 @@
+"""The single-user runtime: the one account behind TENSORFEED_TOKEN, and the alert watcher when
+TENSORFEED_POLL_SECONDS is set."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+
+import anyio
+from anyio.abc import TaskGroup
+
+from tensorfeed_mcp.account import AccountService
+from tensorfeed_mcp.client import TensorFeedClient
+from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
+from tensorfeed_mcp.errors import TensorFeedError
+from tensorfeed_mcp.runtime.base import BaseRuntime
+from tensorfeed_mcp.store import Store
+from tensorfeed_mcp.surface.server import INSTRUCTIONS
+from tensorfeed_mcp.surface.subscriptions import Subscriptions
+from tensorfeed_mcp.webhooks import WebhookSender
+
+logger = logging.getLogger(__name__)
+
+
+class LocalRuntime(BaseRuntime):
+    """One token's account for every request; 2025-era subscriptions served, as sessions live here."""
+
+    instructions = INSTRUCTIONS
+
+    def __init__(self, settings: Settings) -> None:
+        own_token = settings.token if settings.token and TOKEN_PATTERN.fullmatch(settings.token) else None
+        super().__init__(settings, Subscriptions(token_fingerprint(own_token) if own_token else None, legacy=True))
+        self._service: AccountService | None = None
+
+    def account(self) -> AccountService:
+        if self._service is None:
+            raise RuntimeError("The account service is not open yet.")
+        return self._service
+
+    async def _open_accounts(
+        self, stack: AsyncExitStack, group: TaskGroup, store: Store, webhooks: WebhookSender
+    ) -> None:
+        client = await stack.enter_async_context(TensorFeedClient(self.settings, telemetry=self.telemetry))
+        self._service = AccountService(self.settings, client, store, webhooks)
+        if self.settings.alert_poll_seconds:
+            group.start_soon(self._watch, self._service, self.settings.alert_poll_seconds)
+
+    def _close_accounts(self) -> None:
+        self._service = None
+
+    async def _watch(self, service: AccountService, interval: float) -> None:
+        """Check the alerts every `interval` seconds for as long as the process serves; nothing stops it but that."""
+        while True:
+            try:
+                await self.subscriptions.observe(await service.check_alerts())
+            except TensorFeedError as exc:
+                logger.warning("Background alert check failed: %s", exc)
+            except Exception:
+                logger.exception("Background alert check failed unexpectedly; it will run again in %g s", interval)
+            await anyio.sleep(interval)

@@ -1,0 +1,1 @@
+"""The MCP surface: the only layer that speaks the SDK's server API."""

@@ -15,7 +15,7 @@ import anyio
 
 from bench.measurements import summary_ms
 from bench.processes import SERVER, Sandbox, child_running
-from tensorfeed_mcp.config import mask_token
+from tensorfeed_mcp.identity import mask_token
 from tensorfeed_mcp.sandbox import SandboxControl, sandbox_token
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' PostgreSQL server and replicas

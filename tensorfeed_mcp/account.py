@@ -14,8 +14,9 @@ import anyio
 
 from tensorfeed_mcp.alerts import AccountSnapshot, LedgerView, evaluate_rules, make_rule, spend_figures
 from tensorfeed_mcp.client import Fetched, TensorFeedClient, validate_spend_cap
-from tensorfeed_mcp.config import Settings, mask_token, token_fingerprint
+from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import InvalidInputError, StateStoreError, UpstreamError, shown
+from tensorfeed_mcp.identity import Tenant, configured_tenant
 from tensorfeed_mcp.ledger import (
     DAY_MS,
     TRAILING_DAYS,
@@ -70,8 +71,11 @@ def _says_nothing_new(reading: Reading, last: Reading) -> bool:
 class AccountService:
     """One token's account: reads, the spend cap, and alert rules with their verdicts."""
 
-    def __init__(self, settings: Settings, client: TensorFeedClient, store: Store, webhooks: WebhookSender) -> None:
+    def __init__(
+        self, settings: Settings, tenant: Tenant, client: TensorFeedClient, store: Store, webhooks: WebhookSender
+    ) -> None:
         self._settings = settings
+        self._tenant = tenant
         self._client = client
         self._store = store
         self._webhooks = webhooks
@@ -84,15 +88,16 @@ class AccountService:
     async def open(cls, settings: Settings) -> AsyncIterator[AccountService]:
         """An AccountService with its HTTP client and state store, closed on exit; its checks send webhook
         messages before they answer (a command's way: no background)."""
-        async with TensorFeedClient(settings) as client, open_store(settings) as store:
-            yield cls(settings, client, store, WebhookSender(store, settings))
+        tenant = configured_tenant(settings.token)
+        async with TensorFeedClient(settings, tenant) as client, open_store(settings) as store:
+            yield cls(settings, tenant, client, store, WebhookSender(store, settings))
 
     def _stamp(self, fetched: Fetched[Any], *also: Fetched[Any]) -> dict[str, Any]:
         """The fields every result carries, from `fetched`; the note covers `also` too."""
         return {
             "as_of": fetched.as_of,
             "age_seconds": fetched.age_seconds,
-            "token": mask_token(self._settings.require_token()),
+            "token": self._tenant.masked,
             "note": " ".join(dict.fromkeys(_notes(fetched, *also))) or None,
         }
 
@@ -185,17 +190,14 @@ class AccountService:
         changed = await change()
         return SpendCapChange(**self._spend_cap(changed), previous_cap=previous.data.daily_cap)
 
-    def _fingerprint(self) -> str:
-        return token_fingerprint(self._settings.require_token())
-
     async def rules(self) -> list[AlertRule]:
         """Environment rules first, then the user's saved rules."""
-        saved = await self._store.list_rules(self._fingerprint())
+        saved = await self._store.list_rules(self._tenant.fingerprint)
         return [*self._env_rules, *saved]
 
     async def set_alert(self, kind: str, threshold: float, name: str | None) -> AlertRuleSaved:
         rule = make_rule(kind, threshold, name)
-        action, saved = await self._store.save_rule(self._fingerprint(), rule)
+        action, saved = await self._store.save_rule(self._tenant.fingerprint, rule)
         return AlertRuleSaved(rule=rule, action=action, rule_count=len(self._env_rules) + saved)
 
     async def delete_alert(self, name: str) -> AlertRuleDeleted:
@@ -203,7 +205,7 @@ class AccountService:
             raise InvalidInputError(
                 f"{shown(name)} comes from the environment (TENSORFEED_ALERT_*); remove the variable to remove it."
             )
-        deleted = await self._store.delete_rule(self._fingerprint(), name)
+        deleted = await self._store.delete_rule(self._tenant.fingerprint, name)
         if deleted is None:
             names = [rule.name for rule in await self.rules()]
             listed = ", ".join(shown(other) for other in names[:5])
@@ -218,7 +220,7 @@ class AccountService:
 
         A part that fails to load makes the rules that need it `unknown`; if all three fail, the error is raised.
         """
-        fingerprint = self._fingerprint()
+        fingerprint = self._tenant.fingerprint
         state_error: str | None = None
         try:
             rules = await self.rules()
@@ -326,7 +328,7 @@ class AccountService:
             calls = []
         if reading is None and not calls and not purchases:
             return
-        fingerprint = self._fingerprint()
+        fingerprint = self._tenant.fingerprint
         try:
             readings = [] if reading is None else [reading]
             await self._store.record_snapshot(fingerprint, readings, calls, purchases)
@@ -380,7 +382,7 @@ class AccountService:
         fetched, failures = await self._take_snapshot()
         if failures and fresh:
             raise next(iter(failures.values()))
-        fingerprint = self._fingerprint()
+        fingerprint = self._tenant.fingerprint
         believed = [to_ms(value.as_of) for value in fetched.values() if value.clock_note is None]
         now = max(believed, default=self._now_ms())
         ledger, first = await self._store.load_ledger(
@@ -408,7 +410,7 @@ class AccountService:
         return SpendHistory(
             as_of=from_ms(end - 1),
             age_seconds=0.0 if balance is not None else round(max(0, self._now_ms() - end) / 1000, 3),
-            token=mask_token(self._settings.require_token()),
+            token=self._tenant.masked,
             period_start=from_ms(parts.period_start),
             period_end=from_ms(end),
             group_by=group_by,

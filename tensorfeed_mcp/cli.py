@@ -15,9 +15,10 @@ from typing import cast
 import anyio
 
 from tensorfeed_mcp import __version__
-from tensorfeed_mcp.config import Settings, load_settings, redact_logs
+from tensorfeed_mcp.config import Settings, load_settings
 from tensorfeed_mcp.errors import ConfigurationError, StateStoreError, TensorFeedError
 from tensorfeed_mcp.logs import configure_logging
+from tensorfeed_mcp.redaction import redact_logs
 
 EXIT_OK, EXIT_TRIGGERED, EXIT_CANNOT_RUN = 0, 1, 2
 

@@ -22,7 +22,7 @@ import httpx2
 from pydantic import BaseModel, ValidationError
 
 from tensorfeed_mcp import __version__
-from tensorfeed_mcp.config import REDACTED, TOKEN_PREFIX, Settings
+from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import (
     InvalidInputError,
     InvalidResponseError,
@@ -38,6 +38,7 @@ from tensorfeed_mcp.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from tensorfeed_mcp.identity import TOKEN_PREFIX, Tenant
 from tensorfeed_mcp.limits import MAX_DAILY_CAP
 from tensorfeed_mcp.models import (
     BalancePayload,
@@ -46,6 +47,7 @@ from tensorfeed_mcp.models import (
     UsagePayload,
     clean_upstream_text,
 )
+from tensorfeed_mcp.redaction import REDACTED
 from tensorfeed_mcp.telemetry import NO_TELEMETRY, Telemetry
 
 logger = logging.getLogger(__name__)
@@ -119,12 +121,14 @@ class TensorFeedClient:
     def __init__(
         self,
         settings: Settings,
+        tenant: Tenant,
         http: httpx2.AsyncClient | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
         on_token_refused: Callable[[], None] | None = None,
     ) -> None:
         """`on_token_refused` is called whenever the service answers that it does not know the token."""
         self._settings = settings
+        self._tenant = tenant
         self._http = http
         self._owns_http = http is None
         self._telemetry = telemetry
@@ -235,7 +239,7 @@ class TensorFeedClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> _Answer:
         """Send with retries on retryable failures, within the deadline; raise the last error with its attempts."""
-        token = self._settings.require_token()
+        token = self._tenant.token
         deadline = anyio.current_time() + self._settings.deadline_seconds
         attempt = 0
         while True:

@@ -30,8 +30,9 @@ from test_http import INITIALIZE, MCP_HEADERS, clean_env, serving
 from test_sandbox import timestamps_in
 
 from tensorfeed_mcp.alerts import make_rule
-from tensorfeed_mcp.config import Settings, token_fingerprint
+from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import shown
+from tensorfeed_mcp.identity import token_fingerprint
 from tensorfeed_mcp.limits import MAX_NAME_LENGTH, MAX_SAVED_RULES, MAX_UPSTREAM_TEXT
 from tensorfeed_mcp.models import is_unsafe_char
 from tensorfeed_mcp.runtime.local import LocalRuntime

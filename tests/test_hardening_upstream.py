@@ -36,7 +36,8 @@ from mcp import Client
 from mcp.client.stdio import stdio_client
 from test_cli import EXIT_CANNOT_RUN, EXIT_OK, run
 
-from tensorfeed_mcp.config import Settings, is_loopback
+from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.policy import is_loopback
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, REDIRECT_TARGET, RunningSandbox, running_sandbox
 
 pytestmark = pytest.mark.anyio

@@ -43,7 +43,7 @@ from replicas import (
     tenant_client,
 )
 
-from tensorfeed_mcp.config import token_fingerprint
+from tensorfeed_mcp.identity import token_fingerprint
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, sandbox_token
 from tensorfeed_mcp.store.postgres import SCHEMA_VERSION
 from tensorfeed_mcp.surface.subscriptions import MAX_STREAMS_PER_TENANT

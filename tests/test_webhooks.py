@@ -44,7 +44,7 @@ from mcp.client.stdio import stdio_client
 from replicas import replica_env, running_replicas, tenant_client
 from test_cli import EXIT_CANNOT_RUN, EXIT_OK, EXIT_TRIGGERED, run
 
-from tensorfeed_mcp.config import mask_token
+from tensorfeed_mcp.identity import mask_token
 from tensorfeed_mcp.limits import MAX_QUEUED_MESSAGES
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, SandboxControl, sandbox_token
 

@@ -12,7 +12,7 @@ from conftest import MODES, WATCHED_TOKENS, Caller, in_memory, read_recorded, re
 from mcp import Client
 from mcp.client.stdio import stdio_client
 
-from tensorfeed_mcp.config import token_fingerprint
+from tensorfeed_mcp.identity import token_fingerprint
 from tensorfeed_mcp.sandbox import RunningSandbox
 
 SENTINEL = "tf_live_5e171e1" + "0123456789abcdef" * 3 + "5e171e1ab"

@@ -11,8 +11,9 @@ from anyio.abc import TaskGroup
 
 from tensorfeed_mcp.account import AccountService
 from tensorfeed_mcp.client import TensorFeedClient
-from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
-from tensorfeed_mcp.errors import TensorFeedError
+from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.errors import ConfigurationError, TensorFeedError
+from tensorfeed_mcp.identity import Tenant, configured_tenant
 from tensorfeed_mcp.runtime.base import BaseRuntime
 from tensorfeed_mcp.store import Store
 from tensorfeed_mcp.surface.server import INSTRUCTIONS
@@ -28,11 +29,17 @@ class LocalRuntime(BaseRuntime):
     instructions = INSTRUCTIONS
 
     def __init__(self, settings: Settings) -> None:
-        own_token = settings.token if settings.token and TOKEN_PATTERN.fullmatch(settings.token) else None
-        super().__init__(settings, Subscriptions(token_fingerprint(own_token) if own_token else None, legacy=True))
+        try:
+            self._tenant: Tenant | ConfigurationError = configured_tenant(settings.token)
+        except ConfigurationError as exc:  # served all the same: every call then says what to fix
+            self._tenant = exc
+        own = self._tenant.fingerprint if isinstance(self._tenant, Tenant) else None
+        super().__init__(settings, Subscriptions(own, legacy=True))
         self._service: AccountService | None = None
 
     def account(self) -> AccountService:
+        if isinstance(self._tenant, ConfigurationError):
+            raise self._tenant
         if self._service is None:
             raise RuntimeError("The account service is not open yet.")
         return self._service
@@ -40,8 +47,14 @@ class LocalRuntime(BaseRuntime):
     async def _open_accounts(
         self, stack: AsyncExitStack, group: TaskGroup, store: Store, webhooks: WebhookSender
     ) -> None:
-        client = await stack.enter_async_context(TensorFeedClient(self.settings, telemetry=self.telemetry))
-        self._service = AccountService(self.settings, client, store, webhooks)
+        if isinstance(self._tenant, ConfigurationError):
+            if self.settings.alert_poll_seconds:
+                logger.warning("Background alert checks are off: %s", self._tenant)
+            return
+        client = await stack.enter_async_context(
+            TensorFeedClient(self.settings, self._tenant, telemetry=self.telemetry)
+        )
+        self._service = AccountService(self.settings, self._tenant, client, store, webhooks)
         if self.settings.alert_poll_seconds:
             group.start_soon(self._watch, self._service, self.settings.alert_poll_seconds)
 

@@ -18,8 +18,9 @@ import httpx2
 
 from tensorfeed_mcp.account import AccountService
 from tensorfeed_mcp.client import TensorFeedClient
-from tensorfeed_mcp.config import Settings, token_fingerprint
+from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import TokenNotRecognisedError, TokenRequiredError, UpstreamError
+from tensorfeed_mcp.identity import Tenant, token_fingerprint
 from tensorfeed_mcp.rate_limits import RateLimiter
 from tensorfeed_mcp.store import Store
 from tensorfeed_mcp.telemetry import Telemetry
@@ -106,7 +107,8 @@ class TenantAccounts:
             check.set()
 
     async def _check(self, token: str, fingerprint: str) -> Admission:
-        client = self._client(token, fingerprint)
+        tenant = Tenant.of(token)
+        client = self._client(tenant)
         try:
             await client.balance()
         except (TokenNotRecognisedError, TokenRequiredError):
@@ -115,7 +117,7 @@ class TenantAccounts:
             return Admission("unavailable", f"TensorFeed could not be asked whether it knows this token: {exc}", 5)
         _remember(self._known_until, fingerprint, time.monotonic() + KNOWN_SECONDS)
         self._refused_until.pop(fingerprint, None)
-        self._keep(fingerprint, self._service(token, client))
+        self._keep(fingerprint, self._service(tenant, client))
         return KNOWN
 
     def for_token(self, token: str) -> AccountService:
@@ -125,23 +127,25 @@ class TenantAccounts:
             raise RuntimeError("A hosted request reached a handler with a token the service has not accepted.")
         kept = self._services.pop(fingerprint, None)
         if kept is None:
-            return self._keep(fingerprint, self._service(token, self._client(token, fingerprint)))
+            tenant = Tenant.of(token)
+            return self._keep(fingerprint, self._service(tenant, self._client(tenant)))
         return self._keep(fingerprint, kept[0])
 
-    def _service(self, token: str, client: TensorFeedClient) -> AccountService:
-        return AccountService(self._settings.with_token(token), client, self._store, self._webhooks)
+    def _service(self, tenant: Tenant, client: TensorFeedClient) -> AccountService:
+        return AccountService(self._settings, tenant, client, self._store, self._webhooks)
 
     def active(self) -> int:
         """How many tenants made a request in the last ACTIVE_SECONDS."""
         horizon = time.monotonic() - ACTIVE_SECONDS
         return sum(1 for _, last in self._services.values() if last >= horizon)
 
-    def _client(self, token: str, fingerprint: str) -> TensorFeedClient:
+    def _client(self, tenant: Tenant) -> TensorFeedClient:
         return TensorFeedClient(
-            self._settings.with_token(token),
+            self._settings,
+            tenant,
             self._http,
             self._telemetry,
-            on_token_refused=lambda: self._refused(fingerprint),
+            on_token_refused=lambda: self._refused(tenant.fingerprint),
         )
 
     def _keep(self, fingerprint: str, service: AccountService) -> AccountService:

@@ -10,8 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tensorfeed_mcp.config import TOKEN_PATTERN, Settings, token_fingerprint
+from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import ConfigurationError, StateStoreError
+from tensorfeed_mcp.identity import TOKEN_PATTERN, token_fingerprint
 from tensorfeed_mcp.rate_limits import RateLimiter
 from tensorfeed_mcp.runtime.hosted import HostedRuntime
 from tensorfeed_mcp.runtime.tenants import Admission

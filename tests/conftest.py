@@ -20,6 +20,14 @@ record_logs()
 os.environ.pop("TENSORFEED_TOKEN", None)  # the suite must not depend on (or leak) a real token in the environment
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the PostgreSQL server (directly, or through database_url or another fixture) is marked
+    `postgres`; one that gets it by name at run time (request.getfixturevalue) marks its parameter itself."""
+    for item in items:
+        if "postgres_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_token_in_anything_captured() -> Iterator[None]:
     """After the last test of this process (each xdist worker is one), scan all it captured for a token."""

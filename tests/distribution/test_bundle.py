@@ -67,6 +67,7 @@ def unpacked(make_output: str, tmp_path_factory: pytest.TempPathFactory) -> Path
     return folder
 
 
+@pytest.mark.npm
 def test_make_bundle_validates_and_packs_only_what_the_server_needs(make_output: str, unpacked: Path) -> None:
     """The CLI validated the manifest; the bundle holds the manifest, a 512x512 PNG icon and the package's sources
     (every module and page of the repository's package, no caches), and no tests, venvs, caches or VCS data."""
@@ -124,6 +125,7 @@ def uv_run_here(args: list[str], home: Path, env: dict[str, str]) -> StdioServer
     return StdioServerParameters(command=sys.executable, args=["-c", code], env=full_env, cwd=project)
 
 
+@pytest.mark.npm
 @pytest.mark.anyio
 async def test_unpacked_bundle_starts_and_answers(unpacked: Path, sandbox: RunningSandbox, tmp_path: Path) -> None:
     """The manifest's mcp_config, with a demo token, the sandbox's URL and a balance alert as the user's settings,

@@ -26,6 +26,8 @@ from tests.support.npm import install_pinned, run_or_fail
 from tests.support.records import record
 from tests.support.servers import ServerProcess, serving
 
+pytestmark = pytest.mark.npm
+
 SUITE_VERSION = "0.1.16"
 NODE_VERSION = "22.23.3"
 INSTALL_DIR = ROOT / ".cache" / "conformance" / f"{SUITE_VERSION}-node-{NODE_VERSION}"

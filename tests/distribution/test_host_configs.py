@@ -326,6 +326,7 @@ def listed_status(listing: str, name: str, target: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.npm
 def test_claude_code_connects_with_the_readme_stdio_line(
     claude: ClaudeCode, sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
@@ -339,6 +340,7 @@ def test_claude_code_connects_with_the_readme_stdio_line(
     assert listed_status(claude.run(["mcp", "list"], home), add.name, console_script()) == CONNECTED
 
 
+@pytest.mark.npm
 def test_claude_code_connects_with_the_readme_http_line_and_not_without_its_secret(
     claude: ClaudeCode, http_setup: HttpSetup, tmp_path: Path
 ) -> None:
@@ -355,6 +357,7 @@ def test_claude_code_connects_with_the_readme_http_line_and_not_without_its_secr
     assert refused.startswith("✘ Failed to connect") and "HTTP 401" in refused, refused
 
 
+@pytest.mark.npm
 def test_claude_code_connects_to_the_readme_hosted_server_with_the_users_token_and_not_without(
     claude: ClaudeCode, sandbox: RunningSandbox, database_url: str, tmp_path: Path
 ) -> None:

@@ -34,7 +34,7 @@ NOTICE_SECONDS = 5.0  # the bound on a change notice's trip through PostgreSQL
 PASSWORD = "pw-that-must-not-show"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
         yield SqliteStore(tmp_path / "alerts.sqlite3")
@@ -361,7 +361,7 @@ def postgres_before_the_repair(url: str, rows: dict[str, list[tuple[Any, ...]]])
             query(url, f"INSERT INTO {table} VALUES ({', '.join(['%s'] * len(row))})", *row)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def test_a_ledger_moved_into_the_future_by_a_lying_clock_is_repaired_on_upgrade(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

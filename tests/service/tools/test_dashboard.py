@@ -28,7 +28,7 @@ from tests.support.env import settings_for
 from tests.support.records import read_recorded, record
 from tests.support.servers import stdio_params
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.chromium]
 
 MCP_APP_MIME = "text/html;profile=mcp-app"
 SCREENSHOT = ROOT / ".cache" / "dashboard.png"

@@ -54,7 +54,8 @@ def test_the_build_stage_makes_the_wheel_from_everything_the_project_declares() 
     build = dockerfile_stages()[0]
     copied = {source for rest in arguments(build, "COPY") for source in rest.split()[:-1]}
     project = PYPROJECT["project"]
-    packages = {package.split(".")[0] for package in PYPROJECT["tool"]["setuptools"]["packages"]}
+    found = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]  # patterns such as "tensorfeed_mcp*"
+    packages = {pattern.rstrip("*").split(".")[0] for pattern in found}
     assert {"pyproject.toml", project["readme"], *project["license-files"], *packages} <= copied
     assert any(re.search(r"pip wheel .*--no-deps|python -m build .*--wheel", rest) for rest in arguments(build, "RUN"))
 

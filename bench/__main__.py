@@ -44,7 +44,7 @@ def run(sections: Sequence[str] = SECTIONS) -> dict[str, Any]:
         state_dir = Path(state)
         if "cold_start" in sections:
             print("cold start …", flush=True)
-            results["cold_start"] = measurements.cold_start(server_env(sb.api_url, state_dir, None), COLD_START_RUNS)
+            results["cold_start"] = measurements.cold_start(server_env(sb, state_dir, None), COLD_START_RUNS)
             results["imports"] = measurements.import_profile()
         if "per_call" in sections:
             print("per-call overhead …", flush=True)

@@ -216,5 +216,5 @@ async def measure_all(client: Client) -> dict[str, Any]:
 async def context_cost(sb: Sandbox) -> dict[str, Any]:
     """`measure_all` on tensorfeed-mcp over stdio for the busy account, with a fresh state directory and no cache."""
     with tempfile.TemporaryDirectory(prefix="tensorfeed-bench-context-") as state:
-        async with stdio_server(server_env(sb.api_url, Path(state), cache_seconds=0)) as client:
+        async with stdio_server(server_env(sb, Path(state), cache_seconds=0)) as client:
             return {"account": "busy"} | await measure_all(client)

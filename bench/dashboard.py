@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any
 
 from mcp import Client
 from playwright.async_api import async_playwright
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST_PAGE = (ROOT / "tests" / "app_host.html").read_text()  # the tests' host side of the MCP Apps bridge
-HOST_URL = "https://host.invalid/"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
-    *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
-]
-DASHBOARD_URI = "ui://tensorfeed/dashboard"
+from tests.support.app_host import CHROMIUM, CHROMIUM_ARGS, DASHBOARD_URI, HOST_PAGE, HOST_URL
+
 RENDER_RUNS = 10
 
 

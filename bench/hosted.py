@@ -4,7 +4,6 @@ replicas sharing PostgreSQL behind the round-robin proxy, and through one replic
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -14,14 +13,13 @@ from typing import Any
 import anyio
 
 from bench.measurements import summary_ms
-from bench.processes import SERVER, Sandbox, child_running
+from bench.processes import Sandbox
 from tensorfeed_mcp.identity import mask_token
 from tensorfeed_mcp.sandbox import SandboxControl, sandbox_token
-
-sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' PostgreSQL server and replicas
-
-from postgres import running_postgres
-from replicas import ServerProcess, replica_env, running_proxy, running_replicas, tenant_client
+from tests.support.clients import tenant_client
+from tests.support.env import replica_env
+from tests.support.postgres import running_postgres
+from tests.support.servers import ServerProcess, running_proxy, running_replicas
 
 TENANTS = 200
 CONCURRENT_TENANTS = 50
@@ -213,7 +211,7 @@ def logs(folder: Path, setup: str, count: int) -> list[Path]:
 def hosted(sb: Sandbox, work: Path) -> dict[str, Any]:
     """TENANTS tenants x CALLS through two replicas on PostgreSQL behind the proxy, then through one on SQLite."""
     tenants = create_tenants(sb.control, TENANTS)
-    sandbox = {"sandbox": [child_running([*SERVER, "sandbox", "--port", "0"])]}
+    sandbox = {"sandbox": [sb.pid]}
     with (
         running_postgres() as server,
         server.database() as database_url,

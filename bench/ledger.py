@@ -52,7 +52,7 @@ async def ledger_at_scale(sb: Sandbox, state_dir: Path) -> dict[str, Any]:
     filled = await fill_year(store, to_ms(sb.control.now()) - 60_000, lifetime_spent)
     file_bytes = sum(path.stat().st_size for path in state_dir.glob("alerts.sqlite3*"))
     # A long cache: after the first call every read is served from it, so the timings leave the upstream out.
-    async with stdio_server(server_env(sb.api_url, state_dir, cache_seconds=3600)) as client:
+    async with stdio_server(server_env(sb, state_dir, cache_seconds=3600)) as client:
         await client.call_tool("get_spend_history", {"days": 90})
         samples = []
         for _ in range(HISTORY_RUNS):

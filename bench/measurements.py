@@ -18,17 +18,10 @@ import anyio
 import httpx2
 from mcp import Client
 
-from bench.processes import (
-    PYTHON,
-    SERVER,
-    TOKEN,
-    Sandbox,
-    child_running,
-    http_server,
-    resident_mb,
-    server_env,
-    stdio_server,
-)
+from bench.processes import TOKEN, Sandbox, child_running, http_server, resident_mb, server_env, stdio_server
+from tests.support.servers import SERVER
+
+PYTHON = sys.executable
 
 BARE_SERVER = [PYTHON, str(Path(__file__).with_name("bare_server.py"))]
 TOOL = "get_account_balance"
@@ -127,7 +120,7 @@ def import_profile() -> dict[str, Any]:
 
 async def per_call(sb: Sandbox, state_dir: Path, calls: int, warmup: int = 30) -> dict[str, Any]:
     """The same balance read directly with httpx2, via MCP over stdio and via streamable HTTP, interleaved."""
-    env = server_env(sb.api_url, state_dir, cache_seconds=0)
+    env = server_env(sb, state_dir, cache_seconds=0)
     with http_server(env) as url:
         async with (
             stdio_server(env) as stdio,
@@ -174,7 +167,7 @@ async def burst(sb: Sandbox, state_dir: Path, clients: int, calls_each: int) -> 
     """`clients` connected clients start together and each makes `calls_each` calls; the default cache is on."""
     latencies: list[float] = []
     errors: list[str] = []
-    with http_server(server_env(sb.api_url, state_dir, cache_seconds=None)) as url:
+    with http_server(server_env(sb, state_dir, cache_seconds=None)) as url:
         connected = 0
         go = anyio.Event()
 
@@ -225,7 +218,7 @@ async def burst(sb: Sandbox, state_dir: Path, clients: int, calls_each: int) -> 
 
 async def memory(sb: Sandbox, state_dir: Path, calls: int) -> dict[str, Any]:
     """Resident size of the stdio server after start-up and its first call, and after `calls` more (cache off)."""
-    async with stdio_server(server_env(sb.api_url, state_dir, cache_seconds=0)) as client:
+    async with stdio_server(server_env(sb, state_dir, cache_seconds=0)) as client:
         await client.call_tool(TOOL, {})
         pid = child_running(SERVER)
         after_start = resident_mb(pid)

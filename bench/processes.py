@@ -1,85 +1,49 @@
-"""The processes a benchmark runs: the sandbox, tensorfeed-mcp over HTTP, and their environment."""
+"""The processes a benchmark runs: the sandbox, tensorfeed-mcp over stdio and HTTP, and their environment. They are
+started as the tests start them (tests.support.servers); only the command and the environment are the benchmark's."""
 
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, SandboxControl
+from tests.support.env import clean_env, settings_for
+from tests.support.servers import SANDBOX_LISTENING, SERVE, SERVER, running_server
 
-PYTHON = sys.executable
-SERVER = [PYTHON, "-m", "tensorfeed_mcp"]
 TOKEN = DEMO_TOKENS["busy"]
-URL_IN_LINE = re.compile(r"(http://\S+)")
+DEFAULTS = Settings()
 
 
 @dataclass
 class Sandbox:
     api_url: str
     control: SandboxControl
-
-
-def _first_url(stream: IO[str], process: subprocess.Popen[str]) -> str:
-    """Read lines until one holds a URL, then keep draining the stream so the process never blocks on it."""
-    for line in stream:
-        found = URL_IN_LINE.search(line)
-        if found:
-            threading.Thread(target=stream.read, daemon=True).start()
-            return found.group(1)
-    raise RuntimeError(f"{process.args!r} exited ({process.wait()}) before printing its URL")
-
-
-@contextmanager
-def running(command: list[str], env: dict[str, str] | None = None, url_on: str = "stdout") -> Iterator[str]:
-    """Run `command` until the block ends; yields the first URL it prints on stdout or stderr."""
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE if url_on == "stdout" else subprocess.DEVNULL,
-        stderr=subprocess.PIPE if url_on == "stderr" else subprocess.DEVNULL,
-        text=True,
-    )
-    stream = process.stdout if url_on == "stdout" else process.stderr
-    assert stream is not None
-    try:
-        yield _first_url(stream, process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    pid: int
 
 
 @contextmanager
 def sandbox() -> Iterator[Sandbox]:
     """The sandbox in its own process, so its work does not share the benchmark's interpreter."""
-    with running([*SERVER, "sandbox", "--port", "0"]) as api_url:
-        control = SandboxControl(api_url.removesuffix("/api"))
+    with running_server([*SERVER, "sandbox", "--port", "0"], None, SANDBOX_LISTENING) as served:
+        control = SandboxControl(served.base_url)
         try:
-            yield Sandbox(api_url=api_url, control=control)
+            yield Sandbox(api_url=served.url, control=control, pid=served.process.pid)
         finally:
             control.close()
 
 
-def server_env(api_url: str, state_dir: Path, cache_seconds: float | None) -> dict[str, str]:
-    """tensorfeed-mcp's environment for the busy demo account; cache_seconds None keeps the default."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TENSORFEED")}
-    env |= {"TENSORFEED_TOKEN": TOKEN, "TENSORFEED_API_URL": api_url, "TENSORFEED_MCP_STATE_DIR": str(state_dir)}
-    if cache_seconds is not None:
-        env["TENSORFEED_CACHE_SECONDS"] = f"{cache_seconds:g}"
-    return env
+def server_env(sb: Sandbox, state_dir: Path, cache_seconds: float | None) -> dict[str, str]:
+    """tensorfeed-mcp's environment for the busy demo account on `sb`, with the default timeout; cache_seconds None
+    keeps the default cache."""
+    cache = DEFAULTS.cache_seconds if cache_seconds is None else cache_seconds
+    return clean_env(settings_for(sb, state_dir, timeout_seconds=DEFAULTS.timeout_seconds, cache_seconds=cache))
 
 
 @asynccontextmanager
@@ -94,8 +58,8 @@ async def stdio_server(env: dict[str, str], command: list[str] = SERVER) -> Asyn
 @contextmanager
 def http_server(env: dict[str, str]) -> Iterator[str]:
     """tensorfeed-mcp over streamable HTTP on a free port; yields its /mcp URL."""
-    with running([*SERVER, "serve", "--transport", "streamable-http", "--port", "0"], env, url_on="stderr") as url:
-        yield url
+    with running_server([*SERVE, "--transport", "streamable-http", "--port", "0"], env) as served:
+        yield served.url
 
 
 def child_running(command: list[str]) -> int:

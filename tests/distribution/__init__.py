@@ -1,0 +1,1 @@
+"""Distribution: the packages, the bundle, container files, host configs, dependencies and MCP conformance."""

@@ -1,0 +1,1 @@
+"""The hosted multi-tenant mode: replicas on a shared store, and admission of tenants."""

@@ -1,0 +1,1 @@
+"""The sandbox that stands in for the TensorFeed API."""

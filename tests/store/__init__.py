@@ -1,0 +1,1 @@
+"""The state store on both backends (SQLite and PostgreSQL)."""

@@ -1,0 +1,1 @@
+"""The upstream client: resilience to every fault the service can show, and hostile answers."""

@@ -14,8 +14,8 @@ import anyio
 
 from bench.measurements import summary_ms
 from bench.processes import Sandbox
-from tensorfeed_mcp.identity import mask_token
 from tensorfeed_mcp.sandbox import SandboxControl, sandbox_token
+from tensorfeed_mcp.settings.identity import mask_token
 from tests.support.clients import tenant_client
 from tests.support.env import replica_env
 from tests.support.postgres import running_postgres

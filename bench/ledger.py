@@ -11,9 +11,9 @@ from typing import Any
 
 from bench.dashboard import dashboard_render
 from bench.processes import TOKEN, Sandbox, server_env, stdio_server
-from tensorfeed_mcp.identity import token_fingerprint
-from tensorfeed_mcp.ledger import DAY_MS, Reading, SeenCall, to_ms
+from tensorfeed_mcp.core.ledger import DAY_MS, Reading, SeenCall, to_ms
 from tensorfeed_mcp.sandbox.traffic import DEFAULT_ENDPOINTS, DEFAULT_WEIGHTS
+from tensorfeed_mcp.settings.identity import token_fingerprint
 from tensorfeed_mcp.store.sqlite import SqliteStore
 
 YEAR_CALLS = 100_000

@@ -12,8 +12,8 @@ from pathlib import Path
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, SandboxControl
+from tensorfeed_mcp.settings.environment import Settings
 from tests.support.env import clean_env, settings_for
 from tests.support.servers import SANDBOX_LISTENING, SERVE, SERVER, running_server
 

@@ -15,10 +15,10 @@ from typing import cast
 import anyio
 
 from tensorfeed_mcp import __version__
-from tensorfeed_mcp.config import Settings, load_settings
 from tensorfeed_mcp.errors import ConfigurationError, StateStoreError, TensorFeedError
-from tensorfeed_mcp.logs import configure_logging
-from tensorfeed_mcp.redaction import redact_logs
+from tensorfeed_mcp.observability.logs import configure_logging
+from tensorfeed_mcp.settings.environment import Settings, load_settings
+from tensorfeed_mcp.settings.redaction import redact_logs
 
 EXIT_OK, EXIT_TRIGGERED, EXIT_CANNOT_RUN = 0, 1, 2
 
@@ -145,8 +145,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _run_once(settings: Settings, command: str, args: argparse.Namespace) -> int:
     """check, record or history: one look at the account, one answer on stdout, or one line on stderr and exit 2."""
-    from tensorfeed_mcp.account import AccountService
     from tensorfeed_mcp.report import format_alert_check, format_history
+    from tensorfeed_mcp.service.account import AccountService
 
     try:
         async with AccountService.open(settings) as service:

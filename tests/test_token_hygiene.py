@@ -14,8 +14,8 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import stdio_client
 
-from tensorfeed_mcp.identity import token_fingerprint
 from tensorfeed_mcp.sandbox import RunningSandbox
+from tensorfeed_mcp.settings.identity import token_fingerprint
 from tests.support.clients import MODES, Caller, in_memory
 from tests.support.env import settings_for
 from tests.support.records import SENTINEL, read_recorded, record

@@ -13,13 +13,13 @@ from anyio.abc import TaskGroup
 from mcp.server import MCPServer
 from mcp.server.auth.provider import TokenVerifier
 
-from tensorfeed_mcp.account import AccountService
-from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.observability.telemetry import NO_TELEMETRY, Telemetry
+from tensorfeed_mcp.service.account import AccountService
+from tensorfeed_mcp.service.webhooks import WebhookSender
+from tensorfeed_mcp.settings.environment import Settings
 from tensorfeed_mcp.store import Store, open_store
 from tensorfeed_mcp.surface.server import build_server
 from tensorfeed_mcp.surface.subscriptions import Subscriptions
-from tensorfeed_mcp.telemetry import NO_TELEMETRY, Telemetry
-from tensorfeed_mcp.webhooks import WebhookSender
 
 
 class BaseRuntime(ABC):

@@ -7,16 +7,16 @@ from contextlib import AsyncExitStack
 
 from anyio.abc import TaskGroup
 
-from tensorfeed_mcp.account import AccountService
-from tensorfeed_mcp.client import upstream_http_client
-from tensorfeed_mcp.config import Settings, hosted_extra_missing
 from tensorfeed_mcp.runtime.base import BaseRuntime
 from tensorfeed_mcp.runtime.tenants import Admission, TenantAccounts
+from tensorfeed_mcp.service.account import AccountService
+from tensorfeed_mcp.service.webhooks import WebhookSender
+from tensorfeed_mcp.settings.environment import Settings, hosted_extra_missing
 from tensorfeed_mcp.store import Store
 from tensorfeed_mcp.surface.hosted_auth import TensorFeedTokenVerifier, request_token
 from tensorfeed_mcp.surface.server import HOSTED_INSTRUCTIONS
 from tensorfeed_mcp.surface.subscriptions import Subscriptions
-from tensorfeed_mcp.webhooks import WebhookSender
+from tensorfeed_mcp.upstream.client import upstream_http_client
 
 
 class HostedRuntime(BaseRuntime):
@@ -27,7 +27,7 @@ class HostedRuntime(BaseRuntime):
 
     def __init__(self, settings: Settings) -> None:
         try:  # only hosting needs the metrics library (the `hosted` extra)
-            from tensorfeed_mcp.metrics import PrometheusTelemetry
+            from tensorfeed_mcp.observability.metrics import PrometheusTelemetry
         except ImportError:
             raise hosted_extra_missing("--multi-tenant") from None
         super().__init__(settings, Subscriptions(None, legacy=False, stream_seconds=settings.listen_stream_seconds))

@@ -9,16 +9,16 @@ from contextlib import AsyncExitStack
 import anyio
 from anyio.abc import TaskGroup
 
-from tensorfeed_mcp.account import AccountService
-from tensorfeed_mcp.client import TensorFeedClient
-from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import ConfigurationError, TensorFeedError
-from tensorfeed_mcp.identity import Tenant, configured_tenant
 from tensorfeed_mcp.runtime.base import BaseRuntime
+from tensorfeed_mcp.service.account import AccountService
+from tensorfeed_mcp.service.webhooks import WebhookSender
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.identity import Tenant, configured_tenant
 from tensorfeed_mcp.store import Store
 from tensorfeed_mcp.surface.server import INSTRUCTIONS
 from tensorfeed_mcp.surface.subscriptions import Subscriptions
-from tensorfeed_mcp.webhooks import WebhookSender
+from tensorfeed_mcp.upstream.client import TensorFeedClient
 
 logger = logging.getLogger(__name__)
 

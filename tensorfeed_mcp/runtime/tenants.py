@@ -16,15 +16,15 @@ from typing import Literal
 import anyio
 import httpx2
 
-from tensorfeed_mcp.account import AccountService
-from tensorfeed_mcp.client import TensorFeedClient
-from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.core.rate_limits import RateLimiter
 from tensorfeed_mcp.errors import TokenNotRecognisedError, TokenRequiredError, UpstreamError
-from tensorfeed_mcp.identity import Tenant, token_fingerprint
-from tensorfeed_mcp.rate_limits import RateLimiter
+from tensorfeed_mcp.observability.telemetry import Telemetry
+from tensorfeed_mcp.service.account import AccountService
+from tensorfeed_mcp.service.webhooks import WebhookSender
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.identity import Tenant, token_fingerprint
 from tensorfeed_mcp.store import Store
-from tensorfeed_mcp.telemetry import Telemetry
-from tensorfeed_mcp.webhooks import WebhookSender
+from tensorfeed_mcp.upstream.client import TensorFeedClient
 
 MAX_TENANTS_KEPT = 1000  # services beyond this, least recently used first, are dropped (they hold only caches)
 ACTIVE_SECONDS = 300.0  # a tenant with a request in the last five minutes counts as active

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from tensorfeed_mcp.config import Settings, hosted_extra_missing
+from tensorfeed_mcp.settings.environment import Settings, hosted_extra_missing
 from tensorfeed_mcp.store.base import (
     OUTBOX_LEASE_SECONDS,
     STATE_FILE_NAME,

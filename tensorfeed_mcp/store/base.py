@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple, Protocol
 
+from tensorfeed_mcp.core.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.errors import InvalidInputError
-from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.limits import MAX_SAVED_RULES
 from tensorfeed_mcp.models import AlertRule, AlertStatus
 

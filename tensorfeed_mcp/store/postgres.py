@@ -21,12 +21,12 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from tensorfeed_mcp.core.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.errors import StateStoreError
-from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.limits import MAX_QUEUED_MESSAGES, MAX_SAVED_RULES
 from tensorfeed_mcp.models import AlertRule, AlertStatus
-from tensorfeed_mcp.policy import DATABASE_URL_EXAMPLE, checked_database_url
-from tensorfeed_mcp.redaction import redact_secrets
+from tensorfeed_mcp.settings.policy import DATABASE_URL_EXAMPLE, checked_database_url
+from tensorfeed_mcp.settings.redaction import redact_secrets
 from tensorfeed_mcp.store.base import (
     OUTBOX_LEASE_SECONDS,
     ChangeListener,

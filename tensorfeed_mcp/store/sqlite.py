@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
+from tensorfeed_mcp.core.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.errors import StateStoreError
-from tensorfeed_mcp.ledger import Ledger, Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.limits import MAX_QUEUED_MESSAGES, MAX_SAVED_RULES
 from tensorfeed_mcp.models import AlertRule, AlertStatus
 from tensorfeed_mcp.store.base import (

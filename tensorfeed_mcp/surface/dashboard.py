@@ -11,9 +11,9 @@ from typing import Annotated, Literal
 from mcp.server.apps import Apps
 from pydantic import Field, StrictInt
 
-from tensorfeed_mcp.account import AccountService
 from tensorfeed_mcp.limits import MAX_HISTORY_DAYS, MAX_HOUR_DAYS, SERVICE_CALL_MEMORY
 from tensorfeed_mcp.models import SpendHistory
+from tensorfeed_mcp.service.account import AccountService
 from tensorfeed_mcp.surface.annotations import READ_ONLY
 from tensorfeed_mcp.surface.arguments import explained, tool_errors
 

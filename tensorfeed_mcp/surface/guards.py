@@ -9,10 +9,10 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from pydantic import Field, StrictFloat, StrictInt
 
-from tensorfeed_mcp.account import AccountService
-from tensorfeed_mcp.alerts import KINDS_HELP, TRIGGERS_HELP
+from tensorfeed_mcp.core.alerts import KINDS_HELP, TRIGGERS_HELP
 from tensorfeed_mcp.limits import DAILY_CAP_RANGE, MAX_DAILY_CAP, MAX_NAME_LENGTH, MIN_DAILY_CAP
 from tensorfeed_mcp.models import AlertCheck, AlertRuleDeleted, AlertRuleSaved, SpendCapChange
+from tensorfeed_mcp.service.account import AccountService
 from tensorfeed_mcp.surface.annotations import LOCAL_DELETE, LOCAL_WRITE, READ_ONLY, SERVICE_DELETE, SERVICE_WRITE
 from tensorfeed_mcp.surface.arguments import explained, tool_errors
 from tensorfeed_mcp.surface.sdk_private import connection_of

@@ -7,7 +7,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from pydantic import AnyHttpUrl
 
-from tensorfeed_mcp.identity import TOKEN_PATTERN, token_fingerprint
+from tensorfeed_mcp.settings.identity import TOKEN_PATTERN, token_fingerprint
 
 TENSORFEED_ISSUER = "https://tensorfeed.ai"
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from mcp.server import MCPServer
 from pydantic import Field, StrictInt
 
-from tensorfeed_mcp.account import AccountService
 from tensorfeed_mcp.limits import DEFAULT_RECENT_LIMIT, MAX_RECENT_LIMIT, MAX_UPSTREAM_TEXT, SERVICE_CALL_MEMORY
 from tensorfeed_mcp.models import AccountBalance, AccountUsage, PaymentHistory, SpendCap
+from tensorfeed_mcp.service.account import AccountService
 from tensorfeed_mcp.surface.annotations import READ_ONLY
 from tensorfeed_mcp.surface.arguments import explained, tool_errors
 

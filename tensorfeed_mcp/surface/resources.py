@@ -7,8 +7,8 @@ from typing import Any
 
 from mcp.server import MCPServer
 
-from tensorfeed_mcp.account import AccountService
 from tensorfeed_mcp.models import AccountSummary
+from tensorfeed_mcp.service.account import AccountService
 from tensorfeed_mcp.surface.arguments import resource_errors
 from tensorfeed_mcp.surface.subscriptions import ALERTS_URI, SUMMARY_URI
 

@@ -17,8 +17,9 @@ from mcp.types import INVALID_PARAMS, CallToolResult, GetPromptResult, InputRequ
 from pydantic import AnyUrl
 
 from tensorfeed_mcp import __version__
-from tensorfeed_mcp.account import AccountService
 from tensorfeed_mcp.errors import shown
+from tensorfeed_mcp.observability.telemetry import NO_TELEMETRY, Telemetry
+from tensorfeed_mcp.service.account import AccountService
 from tensorfeed_mcp.surface.arguments import check_arguments, compact_json, unknown_arguments
 from tensorfeed_mcp.surface.dashboard import dashboard_app
 from tensorfeed_mcp.surface.guards import add_alert_tools, add_cap_tools
@@ -27,7 +28,6 @@ from tensorfeed_mcp.surface.reads import add_read_tools
 from tensorfeed_mcp.surface.resources import add_prompts, add_resources
 from tensorfeed_mcp.surface.sdk_private import tool_named
 from tensorfeed_mcp.surface.subscriptions import Subscriptions
-from tensorfeed_mcp.telemetry import NO_TELEMETRY, Telemetry
 
 INSTRUCTIONS = (
     "Reads and guards the TensorFeed API account behind TENSORFEED_TOKEN: credits left, what is spending them, "

@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.core.rate_limits import RateLimiter
 from tensorfeed_mcp.errors import ConfigurationError, StateStoreError
-from tensorfeed_mcp.identity import TOKEN_PATTERN, token_fingerprint
-from tensorfeed_mcp.rate_limits import RateLimiter
 from tensorfeed_mcp.runtime.hosted import HostedRuntime
 from tensorfeed_mcp.runtime.tenants import Admission
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.identity import TOKEN_PATTERN, token_fingerprint
 from tensorfeed_mcp.transports.listener import MAX_REQUEST_BODY_BYTES, serve_app, transport_security
 
 DRAIN_NOTICE_SECONDS = 3.0  # how long readiness fails, the listener still answering, before it closes

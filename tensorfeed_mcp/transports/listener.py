@@ -17,10 +17,10 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from tensorfeed_mcp.config import Settings
-from tensorfeed_mcp.logs import uvicorn_log_config
-from tensorfeed_mcp.policy import is_loopback
-from tensorfeed_mcp.redaction import redact_logs
+from tensorfeed_mcp.observability.logs import uvicorn_log_config
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.policy import is_loopback
+from tensorfeed_mcp.settings.redaction import redact_logs
 
 logger = logging.getLogger(__name__)
 

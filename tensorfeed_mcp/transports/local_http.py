@@ -11,10 +11,10 @@ from mcp.server import MCPServer
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import ConfigurationError
-from tensorfeed_mcp.policy import is_loopback
 from tensorfeed_mcp.runtime.local import LocalRuntime
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.policy import is_loopback
 from tensorfeed_mcp.transports.listener import MAX_REQUEST_BODY_BYTES, serve_app, transport_security
 
 HttpTransport = Literal["streamable-http", "sse"]

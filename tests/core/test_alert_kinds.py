@@ -9,11 +9,11 @@ from typing import get_args
 
 import pytest
 
-from tensorfeed_mcp.alerts import ALERT_KINDS, KINDS_HELP, make_rule
-from tensorfeed_mcp.config import load_settings
+from tensorfeed_mcp.core.alerts import ALERT_KINDS, KINDS_HELP, make_rule
 from tensorfeed_mcp.errors import InvalidInputError
 from tensorfeed_mcp.models import AlertKind
 from tensorfeed_mcp.sandbox import RunningSandbox
+from tensorfeed_mcp.settings.environment import load_settings
 from tests.support import ROOT
 from tests.support.clients import in_memory
 from tests.support.env import settings_for

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tensorfeed_mcp.alerts import AccountSnapshot, evaluate_rules, make_rule, spend_figures
+from tensorfeed_mcp.core.alerts import AccountSnapshot, evaluate_rules, make_rule, spend_figures
 from tensorfeed_mcp.errors import InvalidInputError
 from tensorfeed_mcp.models import SpendCapPayload, UsageEntry, UsagePayload
 

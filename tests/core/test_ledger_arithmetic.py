@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from tensorfeed_mcp.ledger import DAY_MS, HOUR_MS, Ledger, history, month_start, next_month_start, to_ms
+from tensorfeed_mcp.core.ledger import DAY_MS, HOUR_MS, Ledger, history, month_start, next_month_start, to_ms
 
 T = to_ms(datetime(2026, 5, 12, tzinfo=UTC))
 

@@ -23,8 +23,8 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
+from tensorfeed_mcp.settings.environment import Settings
 from tests.support import ROOT
 from tests.support.clients import TOOL_NAMES, Caller, in_memory
 from tests.support.records import read_recorded, record

@@ -80,7 +80,7 @@ def test_the_final_stage_installs_the_wheel_with_the_hosted_extra_and_runs_as_a_
 
 
 def test_the_compose_file_sets_only_variables_the_server_reads() -> None:
-    config = (ROOT / "tensorfeed_mcp" / "config.py").read_text()
+    config = (ROOT / "tensorfeed_mcp" / "settings" / "environment.py").read_text()
     variables = set(re.findall(r"\bTENSORFEED_MCP_[A-Z_]+\b", COMPOSE))
     assert {"TENSORFEED_MCP_DATABASE_URL", "TENSORFEED_MCP_LOG_FORMAT"} <= variables
     assert {name for name in variables if f'"{name}"' not in config} == set()

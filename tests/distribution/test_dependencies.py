@@ -15,7 +15,7 @@ from tests.support import ROOT
 PACKAGE = ROOT / "tensorfeed_mcp"
 
 
-HOSTED_ONLY = {PACKAGE / "metrics.py", PACKAGE / "store" / "postgres.py"}
+HOSTED_ONLY = {PACKAGE / "observability" / "metrics.py", PACKAGE / "store" / "postgres.py"}
 """Modules only the hosted mode imports (lazily), which may use the `hosted` extra."""
 
 

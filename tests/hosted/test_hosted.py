@@ -31,8 +31,8 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types import CONNECTION_CLOSED, METHOD_NOT_FOUND
 from prometheus_client.parser import text_string_to_metric_families
 
-from tensorfeed_mcp.identity import token_fingerprint
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, sandbox_token
+from tensorfeed_mcp.settings.identity import token_fingerprint
 from tensorfeed_mcp.store.postgres import SCHEMA_VERSION
 from tensorfeed_mcp.surface.subscriptions import MAX_STREAMS_PER_TENANT
 from tensorfeed_mcp.transports.hosted_http import DRAIN_NOTICE_SECONDS

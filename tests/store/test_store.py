@@ -18,9 +18,9 @@ import anyio
 import psycopg
 import pytest
 
-from tensorfeed_mcp.alerts import make_rule
+from tensorfeed_mcp.core.alerts import make_rule
+from tensorfeed_mcp.core.ledger import Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.errors import InvalidInputError, StateStoreError
-from tensorfeed_mcp.ledger import Reading, SeenCall, SeenPurchase
 from tensorfeed_mcp.limits import MAX_QUEUED_MESSAGES
 from tensorfeed_mcp.models import AlertStatus
 from tensorfeed_mcp.store import OUTBOX_LEASE_SECONDS, AlertEvent, Store

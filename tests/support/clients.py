@@ -14,8 +14,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 
-from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.runtime.local import LocalRuntime
+from tensorfeed_mcp.settings.environment import Settings
 from tests.support.records import record
 
 MODES = ["legacy", "2026-07-28"]

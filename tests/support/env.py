@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.sandbox import DEMO_TOKENS
+from tensorfeed_mcp.settings.environment import Settings
 
 SANDBOX_START = datetime(2026, 5, 12, 12, 0, tzinfo=UTC)
 """Where every test's sandbox clock starts: a fixed instant (noon UTC on a Tuesday in mid-May), so no test depends on

@@ -26,7 +26,7 @@ from typing import IO
 
 from mcp import StdioServerParameters
 
-from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.settings.environment import Settings
 from tests.support.env import clean_env, server_env
 from tests.support.records import record
 

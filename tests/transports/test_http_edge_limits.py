@@ -26,14 +26,14 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import LoggingMessageNotificationParams
 
-from tensorfeed_mcp.alerts import make_rule
-from tensorfeed_mcp.config import Settings
+from tensorfeed_mcp.core.alerts import make_rule
 from tensorfeed_mcp.errors import shown
-from tensorfeed_mcp.identity import token_fingerprint
 from tensorfeed_mcp.limits import MAX_NAME_LENGTH, MAX_SAVED_RULES, MAX_UPSTREAM_TEXT
 from tensorfeed_mcp.models import is_unsafe_char
 from tensorfeed_mcp.runtime.local import LocalRuntime
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.identity import token_fingerprint
 from tensorfeed_mcp.store.sqlite import SqliteStore
 from tensorfeed_mcp.surface.subscriptions import SUMMARY_URI
 from tensorfeed_mcp.transports.listener import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS

@@ -25,9 +25,9 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import stdio_client
 
-from tensorfeed_mcp.config import Settings
-from tensorfeed_mcp.policy import is_loopback
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, REDIRECT_TARGET, RunningSandbox, running_sandbox
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.policy import is_loopback
 from tests.support.cli import EXIT_CANNOT_RUN, EXIT_OK, run
 from tests.support.clients import Caller, in_memory
 from tests.support.env import SANDBOX_START, server_env, settings_for

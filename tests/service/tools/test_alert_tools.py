@@ -16,8 +16,8 @@ from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import LoggingMessageNotificationParams, ResourceUpdatedNotification
 
-from tensorfeed_mcp.config import load_settings
 from tensorfeed_mcp.sandbox import RunningSandbox
+from tensorfeed_mcp.settings.environment import load_settings
 from tests.support.clients import Caller, in_memory
 from tests.support.env import settings_for
 from tests.support.records import read_recorded

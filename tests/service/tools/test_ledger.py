@@ -22,9 +22,9 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import stdio_client
 
-from tensorfeed_mcp.config import load_settings
 from tensorfeed_mcp.errors import ConfigurationError
 from tensorfeed_mcp.sandbox import RunningSandbox, SandboxControl
+from tensorfeed_mcp.settings.environment import load_settings
 from tests.support.cli import EXIT_CANNOT_RUN, EXIT_OK, run
 from tests.support.clients import Caller
 from tests.support.env import SANDBOX_START, server_env, settings_for

@@ -31,9 +31,9 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import stdio_client
 
-from tensorfeed_mcp.identity import mask_token
 from tensorfeed_mcp.limits import MAX_QUEUED_MESSAGES
 from tensorfeed_mcp.sandbox import DEMO_TOKENS, RunningSandbox, SandboxControl, sandbox_token
+from tensorfeed_mcp.settings.identity import mask_token
 from tests.support.cli import EXIT_CANNOT_RUN, EXIT_OK, EXIT_TRIGGERED, run
 from tests.support.clients import Caller, tenant_client
 from tests.support.env import replica_env, server_env, settings_for

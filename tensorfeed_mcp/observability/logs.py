@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tensorfeed_mcp.config import LogFormat
+from tensorfeed_mcp.settings.environment import LogFormat
 
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import urlsplit
 
-from tensorfeed_mcp.alerts import ALERT_KINDS, make_rule
+from tensorfeed_mcp.core.alerts import ALERT_KINDS, make_rule
 from tensorfeed_mcp.errors import ConfigurationError, InvalidInputError, shown
 from tensorfeed_mcp.models import AlertRule
-from tensorfeed_mcp.policy import checked_database_url, checked_webhook_url, is_loopback, url_parts
+from tensorfeed_mcp.settings.policy import checked_database_url, checked_webhook_url, is_loopback, url_parts
 
 DEFAULT_API_URL = "https://tensorfeed.ai/api"
 # Numeric settings: ASCII digits only (int() and float() also read other scripts' digits, float() "1e3", "inf" and

@@ -12,12 +12,8 @@ from typing import Any
 
 import anyio
 
-from tensorfeed_mcp.alerts import AccountSnapshot, LedgerView, evaluate_rules, make_rule, spend_figures
-from tensorfeed_mcp.client import Fetched, TensorFeedClient, validate_spend_cap
-from tensorfeed_mcp.config import Settings
-from tensorfeed_mcp.errors import InvalidInputError, StateStoreError, UpstreamError, shown
-from tensorfeed_mcp.identity import Tenant, configured_tenant
-from tensorfeed_mcp.ledger import (
+from tensorfeed_mcp.core.alerts import AccountSnapshot, LedgerView, evaluate_rules, make_rule, spend_figures
+from tensorfeed_mcp.core.ledger import (
     DAY_MS,
     TRAILING_DAYS,
     GroupBy,
@@ -31,6 +27,7 @@ from tensorfeed_mcp.ledger import (
     to_ms,
     trailing_median,
 )
+from tensorfeed_mcp.errors import InvalidInputError, StateStoreError, UpstreamError, shown
 from tensorfeed_mcp.limits import DEFAULT_RECENT_LIMIT, MAX_HISTORY_DAYS, MAX_HOUR_DAYS
 from tensorfeed_mcp.models import (
     AccountBalance,
@@ -52,8 +49,11 @@ from tensorfeed_mcp.models import (
     UsagePayload,
     UsdEstimate,
 )
+from tensorfeed_mcp.service.webhooks import WebhookSender, alert_message
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.identity import Tenant, configured_tenant
 from tensorfeed_mcp.store import AlertEvent, Store, open_store
-from tensorfeed_mcp.webhooks import WebhookSender, alert_message
+from tensorfeed_mcp.upstream.client import Fetched, TensorFeedClient, validate_spend_cap
 
 logger = logging.getLogger(__name__)
 

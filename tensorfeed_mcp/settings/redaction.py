@@ -6,8 +6,8 @@ import logging
 import re
 from collections.abc import Iterable
 
-from tensorfeed_mcp.config import Settings
-from tensorfeed_mcp.policy import database_password
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.policy import database_password
 
 REDACTED = "[redacted]"
 # Anything that looks like a token, complete or not, for redaction from logs.

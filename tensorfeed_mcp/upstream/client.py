@@ -22,7 +22,6 @@ import httpx2
 from pydantic import BaseModel, ValidationError
 
 from tensorfeed_mcp import __version__
-from tensorfeed_mcp.config import Settings
 from tensorfeed_mcp.errors import (
     InvalidInputError,
     InvalidResponseError,
@@ -38,7 +37,6 @@ from tensorfeed_mcp.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from tensorfeed_mcp.identity import TOKEN_PREFIX, Tenant
 from tensorfeed_mcp.limits import MAX_DAILY_CAP
 from tensorfeed_mcp.models import (
     BalancePayload,
@@ -47,8 +45,10 @@ from tensorfeed_mcp.models import (
     UsagePayload,
     clean_upstream_text,
 )
-from tensorfeed_mcp.redaction import REDACTED
-from tensorfeed_mcp.telemetry import NO_TELEMETRY, Telemetry
+from tensorfeed_mcp.observability.telemetry import NO_TELEMETRY, Telemetry
+from tensorfeed_mcp.settings.environment import Settings
+from tensorfeed_mcp.settings.identity import TOKEN_PREFIX, Tenant
+from tensorfeed_mcp.settings.redaction import REDACTED
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import anyio
 import anyio.abc
 import httpx2
 
-from tensorfeed_mcp.alerts import SpendFigures
-from tensorfeed_mcp.config import Settings, WebhookFormat
+from tensorfeed_mcp.core.alerts import SpendFigures
 from tensorfeed_mcp.errors import StateStoreError
 from tensorfeed_mcp.models import AlertVerdict, Notifications, WebhookDelivery
-from tensorfeed_mcp.policy import webhook_destination
+from tensorfeed_mcp.settings.environment import Settings, WebhookFormat
+from tensorfeed_mcp.settings.policy import webhook_destination
 from tensorfeed_mcp.store import Outbox, Store
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from tensorfeed_mcp.telemetry import CallOutcome
+from tensorfeed_mcp.observability.telemetry import CallOutcome
 
 
 class PrometheusTelemetry:

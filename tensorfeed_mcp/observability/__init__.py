@@ -1,0 +1,1 @@
+"""Logs, telemetry and Prometheus metrics."""

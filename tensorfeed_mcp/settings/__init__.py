@@ -1,0 +1,1 @@
+"""Settings from the environment, and the security policy beside them: URLs, loopback, token identity, redaction."""

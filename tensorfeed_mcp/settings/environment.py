@@ -171,22 +171,24 @@ def _count(environ: Mapping[str, str], name: str, default: int, *, minimum: int,
     return int(raw)
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read Settings from the environment; a malformed value raises ConfigurationError naming it."""
-    env = os.environ if environ is None else environ
-    # TENSORFEED_POLL_SECONDS: the watcher both records the ledger and checks alerts; the old name still works.
+def _poll_seconds(env: Mapping[str, str]) -> float | None:
+    """TENSORFEED_POLL_SECONDS (the watcher both records the ledger and checks alerts; the old name
+    TENSORFEED_ALERT_POLL_SECONDS still works): None when off."""
     poll_variable = (
-        "TENSORFEED_POLL_SECONDS"
-        if env.get("TENSORFEED_POLL_SECONDS", "").strip()
-        else ("TENSORFEED_ALERT_POLL_SECONDS")
+        "TENSORFEED_POLL_SECONDS" if env.get("TENSORFEED_POLL_SECONDS", "").strip() else "TENSORFEED_ALERT_POLL_SECONDS"
     )
     poll = _number(env, poll_variable, None, minimum=0, maximum=MAX_ALERT_POLL_SECONDS)
     if poll == 0:
-        poll = None
-    elif poll is not None and poll < MIN_ALERT_POLL_SECONDS:
+        return None
+    if poll is not None and poll < MIN_ALERT_POLL_SECONDS:
         raise ConfigurationError(
             f"{poll_variable}={poll:g} is too frequent; use 0 (off) or at least {MIN_ALERT_POLL_SECONDS:g} seconds."
         )
+    return poll
+
+
+def _env_alert_rules(env: Mapping[str, str]) -> tuple[AlertRule, ...]:
+    """The rules set by each alert kind's environment variable (see core.alerts.ALERT_KINDS)."""
     rules: list[AlertRule] = []
     for kind in ALERT_KINDS.values():
         name = kind.env_variable
@@ -196,6 +198,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 rules.append(make_rule(kind.name, _decimal(raw), source="env"))
             except InvalidInputError as exc:
                 raise ConfigurationError(f"{name}={shown(raw, 20)} is not a usable alert threshold: {exc}") from None
+    return tuple(rules)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read Settings from the environment; a malformed value raises ConfigurationError naming it."""
+    env = os.environ if environ is None else environ
     state_dir = env.get("TENSORFEED_MCP_STATE_DIR", "").strip()
     webhook_url = env.get("TENSORFEED_ALERT_WEBHOOK_URL", "").strip() or None
     if webhook_url is not None:
@@ -207,8 +215,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         or 10.0,
         cache_seconds=_number(env, "TENSORFEED_CACHE_SECONDS", 5.0, minimum=0, maximum=MAX_CACHE_SECONDS) or 0.0,
         state_dir=Path(state_dir).expanduser() if state_dir else None,
-        alert_poll_seconds=poll,
-        env_alert_rules=tuple(rules),
+        alert_poll_seconds=_poll_seconds(env),
+        env_alert_rules=_env_alert_rules(env),
         mcp_auth_token=env.get("TENSORFEED_MCP_AUTH_TOKEN", "").strip() or None,
         max_sessions=_count(env, "TENSORFEED_MCP_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, minimum=1, maximum=MAX_SESSIONS),
         session_idle_seconds=_number(

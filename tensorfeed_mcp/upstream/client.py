@@ -37,7 +37,7 @@ from tensorfeed_mcp.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from tensorfeed_mcp.limits import MAX_DAILY_CAP
+from tensorfeed_mcp.limits import DAILY_CAP_RANGE, MAX_DAILY_CAP, MIN_DAILY_CAP
 from tensorfeed_mcp.models import (
     BalancePayload,
     HistoryPayload,
@@ -95,11 +95,11 @@ class _Flight:
 
 
 def validate_spend_cap(daily_cap: object) -> int:
-    """A cap to set: an integer from 1 to 1,000,000. Clearing is a separate, explicit act (clear_spend_cap)."""
-    accepted = "Give a whole number of credits from 1 to 1,000,000; to remove the cap, use clear_spend_cap."
+    """A cap to set, within the service's range. Clearing is a separate, explicit act (clear_spend_cap)."""
+    accepted = f"Give {DAILY_CAP_RANGE}; to remove the cap, use clear_spend_cap."
     if isinstance(daily_cap, bool) or not isinstance(daily_cap, int):
         raise InvalidInputError(f"daily_cap must be a whole number of credits. {accepted}")
-    if not 1 <= daily_cap <= MAX_DAILY_CAP:
+    if not MIN_DAILY_CAP <= daily_cap <= MAX_DAILY_CAP:
         raise InvalidInputError(f"daily_cap {daily_cap} is out of range. {accepted}")
     return daily_cap
 

@@ -115,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     """Choose the mode's runtime and transport, once, and serve until stopped."""
     transport = getattr(args, "transport", "stdio")
+    if args.auth_token_file is not None:
+        try:
+            secret = args.auth_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"Cannot read --auth-token-file {args.auth_token_file}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigurationError(f"--auth-token-file {args.auth_token_file} is empty.")
+        settings = dataclasses.replace(settings, mcp_auth_token=secret)
     if settings.multi_tenant:
         from tensorfeed_mcp.runtime.hosted import HostedRuntime
         from tensorfeed_mcp.transports.hosted_http import check_hosted_settings, serve_hosted
@@ -129,14 +137,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
         anyio.run(serve_stdio, LocalRuntime(settings).server())
         return EXIT_OK
-    if args.auth_token_file is not None:
-        try:
-            secret = args.auth_token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigurationError(f"Cannot read --auth-token-file {args.auth_token_file}: {exc.strerror}") from None
-        if not secret:
-            raise ConfigurationError(f"--auth-token-file {args.auth_token_file} is empty.")
-        settings = dataclasses.replace(settings, mcp_auth_token=secret)
     from tensorfeed_mcp.transports.local_http import HttpTransport, serve_http
 
     anyio.run(serve_http, LocalRuntime(settings), cast(HttpTransport, transport), args.host, args.port, args.allow_host)

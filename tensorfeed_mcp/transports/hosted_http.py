@@ -36,8 +36,9 @@ def check_hosted_settings(settings: Settings, transport: str) -> None:
         )
     if settings.mcp_auth_token:
         raise ConfigurationError(
-            "TENSORFEED_MCP_AUTH_TOKEN cannot be used with --multi-tenant: there the Authorization header carries "
-            "each client's TensorFeed token. Unset it and protect the endpoint at the network or load balancer."
+            "TENSORFEED_MCP_AUTH_TOKEN (or --auth-token-file) cannot be used with --multi-tenant: there the "
+            "Authorization header carries each client's TensorFeed token. Drop it and protect the endpoint at the "
+            "network or load balancer."
         )
     if settings.alert_poll_seconds:
         raise ConfigurationError(

@@ -535,12 +535,15 @@ def test_settings_a_multi_tenant_server_cannot_honour_are_refused_at_start(
     sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     env = replica_env(sandbox.api_url, state_dir=tmp_path)
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("hosted-test-secret-" + "cd" * 16)
     cases: list[tuple[list[str], dict[str, str], str]] = [
         (["--transport", "sse", "--multi-tenant"], {}, "--transport streamable-http"),
         (["--transport", "stdio", "--multi-tenant"], {}, "--transport streamable-http"),
         (["--transport", "sse"], {"TENSORFEED_MCP_MULTI_TENANT": "1"}, "--transport streamable-http"),
         ([*HOSTED], {"TENSORFEED_TOKEN": TOKENS["refused"]}, "TENSORFEED_TOKEN"),
         ([*HOSTED], {"TENSORFEED_MCP_AUTH_TOKEN": "hosted-test-secret-" + "ab" * 16}, "TENSORFEED_MCP_AUTH_TOKEN"),
+        ([*HOSTED, "--auth-token-file", str(secret_file)], {}, "--auth-token-file"),
         ([*HOSTED], {"TENSORFEED_POLL_SECONDS": "60"}, "TENSORFEED_POLL_SECONDS"),
     ]
     processes = [

@@ -115,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     """Choose the mode's runtime and transport, once, and serve until stopped."""
     transport = getattr(args, "transport", "stdio")
-    if args.auth_token_file is not None:
+    secret_file: Path | None = getattr(args, "auth_token_file", None)  # a bare `tensorfeed-mcp` has no flags
+    if secret_file is not None:
         try:
-            secret = args.auth_token_file.read_text().strip()
+            secret = secret_file.read_text().strip()
         except OSError as exc:
-            raise ConfigurationError(f"Cannot read --auth-token-file {args.auth_token_file}: {exc.strerror}") from None
+            raise ConfigurationError(f"Cannot read --auth-token-file {secret_file}: {exc.strerror}") from None
         if not secret:
-            raise ConfigurationError(f"--auth-token-file {args.auth_token_file} is empty.")
+            raise ConfigurationError(f"--auth-token-file {secret_file} is empty.")
         settings = dataclasses.replace(settings, mcp_auth_token=secret)
     if settings.multi_tenant:
         from tensorfeed_mcp.runtime.hosted import HostedRuntime
